@@ -1,0 +1,7 @@
+"""``python -m s3io.bench [SUITE ...] [--json PATH] [--plot PATH] [--endpoint URL] [--repeat N] [--quick]``."""
+import sys
+
+from s3io.bench._harness import main
+
+if __name__ == "__main__":
+    sys.exit(main())
