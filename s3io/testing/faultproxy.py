@@ -11,19 +11,20 @@ transfer encoding pass through, and keep-alive connections are kept.
 A test arms faults that apply to the next ``times`` requests matching a method,
 an S3 operation kind and/or a predicate:
 
-====================  =======================================================
-``fail``              answer 500 / 503 SlowDown / 429 (S3 XML error body)
-                      without forwarding the request
-``drop_connection``   close the connection after N bytes of the response body
-                      (or before the response head: the request was executed)
-``truncate_body``     send all but the last N bytes, keeping Content-Length
-``stall_response``    hold the response (after N body bytes) until the client
-                      gives up, then close
-``reset_upload``      reset the connection (RST) after N bytes of the request
-                      body, e.g. during an UploadPart
+======================  =====================================================
+``fail``                answer 500 / 503 SlowDown / 429 (S3 XML error body)
+                        without forwarding the request
+``drop_connection``     close the connection after N bytes of the response
+                        body (or before the response head: the server did
+                        execute the request)
+``truncate_body``       send all but the last N bytes, keeping Content-Length
+``stall_response``      hold the response (after N body bytes) until the
+                        client gives up, then close
+``reset_upload``        reset the connection (RST) after N bytes of the
+                        request body, e.g. during an UploadPart
 ``refuse_connections``  refuse new connections for a while (connection
-                      refused, accept-then-close, or accept-then-reset)
-====================  =======================================================
+                        refused, accept-then-close, or accept-then-reset)
+======================  =====================================================
 
 plus random faults at a seeded rate (:meth:`FaultProxy.set_random_faults`) for
 soak runs. Every request is counted per S3 operation kind and logged with the
@@ -41,6 +42,8 @@ Examples
 
 Notes
 -----
+One thread per client connection, each with its own upstream connection;
+:meth:`FaultProxy.stop` closes every socket and joins every thread.
 Operation kinds assume path-style addressing (``/bucket/key``), the only
 style a loopback endpoint supports. Body byte counts of chunked or
 close-delimited bodies are counted on the wire (chunk framing included).
@@ -59,7 +62,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
 from xml.sax.saxutils import escape as _xml_escape
 
@@ -205,16 +208,17 @@ def _classify(req: Request) -> str:
     return "Other"
 
 
-# Query parameters that do not turn a request into another operation.
-_PLAIN_PARAMS = frozenset(
-    """versionId partNumber prefix delimiter marker max-keys list-type continuation-token start-after
-    fetch-owner encoding-type x-id response-content-type response-content-language response-expires
-    response-cache-control response-content-disposition response-content-encoding""".split()
+# Query parameters that turn a request on a bucket or key into another operation.
+_SUBRESOURCES = frozenset(
+    """accelerate acl analytics attributes cors delete encryption intelligent-tiering inventory legal-hold
+    lifecycle location logging metrics notification object-lock ownershipControls policy policyStatus
+    publicAccessBlock replication requestPayment restore retention select tagging torrent uploads
+    versioning versions website""".split()
 )
 
 
 def _subresource(query: Dict[str, str]) -> bool:
-    return any(name not in _PLAIN_PARAMS and not name.startswith("X-Amz-") for name in query)
+    return not _SUBRESOURCES.isdisjoint(query)
 
 
 def is_get_object(req: Request) -> bool:
@@ -350,7 +354,7 @@ class _Injection:
         self.params = params
         self.fraction = fraction  # random faults: where to cut, as a fraction of the body
 
-    def cut_point(self, body_length: Optional[int], key: str = "after_bytes") -> Optional[int]:
+    def cut_point(self, body_length: Optional[int]) -> Optional[int]:
         """Body bytes to send before the fault bites; None: before the response head.
 
         A cut past the body is pulled in before its last byte; a response
@@ -362,9 +366,12 @@ class _Injection:
                 return None
             if body_length is None:
                 return 0
-            missing = self.params["missing_bytes"] if self.fraction is None else 1 + int(self.fraction * (body_length - 1))
+            if self.fraction is None:
+                missing = self.params["missing_bytes"]
+            else:
+                missing = 1 + int(self.fraction * (body_length - 1))
             return body_length - min(max(missing, 1), body_length)
-        after = self.params.get(key)
+        after = self.params.get("after_bytes")
         if self.fraction is not None:
             if body_length == 0:
                 return None
@@ -400,7 +407,7 @@ class _Reader:
         self.sock = sock
         self.side = side
         self._buf = b""  # bytes received but not consumed yet
-        self._scratch = memoryview(bytearray(_RECV_SIZE))
+        self._scratch: Optional[memoryview] = None  # allocated for the first body, kept for the connection
 
     @property
     def buffered(self) -> int:
@@ -451,6 +458,8 @@ class _Reader:
                 if remaining is not None:
                     remaining -= take
                 yield memoryview(piece)
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(_RECV_SIZE))
         scratch = self._scratch
         while remaining is None or remaining > 0:
             want = len(scratch) if remaining is None else min(remaining, len(scratch))
@@ -476,7 +485,7 @@ class _Reader:
                 try:
                     size = int(line.split(b";", 1)[0].strip(), 16)
                 except ValueError:
-                    raise _BadMessage("bad chunk size line %r" % line[:40]) from None
+                    raise _BadMessage("bad chunk size line (%d bytes)" % len(line)) from None
                 yield memoryview(line)
                 if size == 0:
                     while True:  # trailers, then the blank line
@@ -497,12 +506,12 @@ class _Head:
         lines = raw[:-4].decode("latin-1").split("\r\n")
         self.start = lines[0].split(" ", 2)
         if len(self.start) < 2:
-            raise _BadMessage("bad start line %r" % lines[0][:80])
+            raise _BadMessage("bad start line (%d bytes)" % len(lines[0]))
         headers: Dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep:
-                raise _BadMessage("bad header line %r" % line[:80])
+                raise _BadMessage("bad header line (%d bytes)" % len(line))
             name = name.strip().lower()
             value = value.strip()
             headers[name] = value if name not in headers else headers[name] + ", " + value
@@ -631,12 +640,15 @@ class _Connection:
         while not proxy._stopping.is_set():
             self.idle = self.client_reader.buffered == 0
             if self.idle and proxy._closing_idle() and not _readable(self.client):
+                log.debug("faultproxy: %s closes while refusing", self.thread.name)
                 return  # refusing connections: make the client open a new one
             raw = self.client_reader.read_head()
             self.idle = False
             if raw is None:
+                log.debug("faultproxy: %s: client closed", self.thread.name)
                 return
             if not self._exchange(_Head(raw)):
+                log.debug("faultproxy: %s: closing after the exchange", self.thread.name)
                 return
 
     # -- upstream
@@ -708,7 +720,7 @@ class _Connection:
             reused = self._send_head_upstream(head.raw)
         except OSError as exc:
             log.debug("faultproxy: upstream unreachable: %r", exc)
-            return self._answer_bad_gateway(req, record, framing, expect_continue)
+            return self._answer_bad_gateway(req, record)
 
         # Request body.
         if framing != ("length", 0):
@@ -737,7 +749,7 @@ class _Connection:
 
         resp = self._read_response_head(reused=reused and framing == ("length", 0), retry_raw=head.raw)
         if resp is None:
-            return self._answer_bad_gateway(req, record, ("length", 0), False)
+            return self._answer_bad_gateway(req, record)
         keep = self._relay_response(req, resp, injection, record)
         return keep and client_keep
 
@@ -865,8 +877,8 @@ class _Connection:
         record.finish()
         return client_keep
 
-    def _answer_bad_gateway(self, req: Request, record: LogEntry, framing: Tuple[str, Optional[int]],
-                            expect_continue: bool) -> bool:
+    def _answer_bad_gateway(self, req: Request, record: LogEntry) -> bool:
+        """Answer 502 when the upstream server cannot be reached or hangs up without an answer."""
         code, message = _S3_ERRORS[502]
         record.status = 502
         try:
@@ -874,8 +886,7 @@ class _Connection:
         except OSError:
             pass
         record.finish()
-        if not expect_continue:
-            self._lingering_close()
+        self._lingering_close()  # a request body may be on its way: let the client read the 502 first
         return False
 
     def _lingering_close(self) -> None:
@@ -903,7 +914,7 @@ def _status_of(head: _Head) -> int:
     try:
         return int(head.start[1])
     except ValueError:
-        raise _BadMessage("bad status line %r" % " ".join(head.start)[:80]) from None
+        raise _BadMessage("bad status line") from None
 
 
 def _pump(reader: _Reader, dest: Optional[socket.socket], framing: Tuple[str, Optional[int]],
@@ -947,6 +958,10 @@ class FaultProxy:
         Seconds to wait on the upstream server (connect, and each read).
     idle_timeout : float
         Seconds an idle client connection is kept open.
+    log_limit : int or None
+        Most recent requests kept in :attr:`log` (None: all). Keeps memory
+        flat in long soak runs; :attr:`counts` and :attr:`faults_injected`
+        always cover every request.
 
     Attributes
     ----------
@@ -966,7 +981,7 @@ class FaultProxy:
     """
 
     def __init__(self, upstream_url: str, *, host: str = "127.0.0.1", upstream_timeout: float = 60.0,
-                 idle_timeout: float = 300.0) -> None:
+                 idle_timeout: float = 300.0, log_limit: Optional[int] = 10_000) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or not parts.hostname or parts.port is None:
             raise ValueError("upstream_url must be http://host:port, not %r" % (upstream_url,))
@@ -998,7 +1013,7 @@ class FaultProxy:
 
         self._counts: collections.Counter = collections.Counter()
         self._faults_injected: collections.Counter = collections.Counter()
-        self._log: List[LogEntry] = []
+        self._log: Deque[LogEntry] = collections.deque(maxlen=log_limit)
         self.connections_accepted = 0
         self.connections_refused = 0
 
@@ -1088,22 +1103,12 @@ class FaultProxy:
         while not self._stopping.is_set():
             with self._wake:
                 if self._refuse_how == "unlisten" and time.monotonic() < self._refuse_until:
-                    if self._listening:
-                        self._listening = False
-                        try:  # stop listening: connects get "connection refused"
-                            listener.shutdown(socket.SHUT_RD)
-                        except OSError:
-                            pass
+                    self._set_listening(False)
                     self._wake.wait(self._refuse_until - time.monotonic())
                     continue
-                if not self._listening:
-                    try:
-                        listener.listen(_LISTEN_BACKLOG)
-                        self._listening = True
-                    except OSError as exc:  # pragma: no cover
-                        log.error("faultproxy: cannot listen again: %r", exc)
-                        self._wake.wait(0.1)
-                        continue
+                if not self._set_listening(True):  # pragma: no cover
+                    self._wake.wait(0.1)
+                    continue
             try:
                 sock, _ = listener.accept()
             except OSError:
@@ -1116,6 +1121,32 @@ class FaultProxy:
                 continue
             self._serve_connection(sock)
 
+    def _set_listening(self, on: bool) -> bool:
+        """Start or stop listening (caller holds the lock); returns whether it is in that state.
+
+        Shut down a listening socket exactly once per listen(): on Linux a
+        shutdown() of a socket that is not listening marks it for good, and
+        every connection it accepts later reads EOF at once.
+        """
+        if self._listener is None or self._stopping.is_set():
+            return False
+        if on and not self._listening:
+            try:
+                self._listener.listen(_LISTEN_BACKLOG)
+            except OSError as exc:  # pragma: no cover
+                log.error("faultproxy %d: cannot listen again: %r", self.port, exc)
+                return False
+            self._listening = True
+            log.debug("faultproxy %d: listening again", self.port)
+        elif not on and self._listening:
+            self._listening = False
+            try:  # connects now get "connection refused"; accept() wakes with EINVAL
+                self._listener.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+            log.debug("faultproxy %d: not listening", self.port)
+        return True
+
     def _serve_connection(self, sock: socket.socket) -> None:
         with self._lock:
             refusing = time.monotonic() < self._refuse_until
@@ -1127,8 +1158,10 @@ class FaultProxy:
                 self._conn_number += 1
                 number = self._conn_number
         if refusing or self._stopping.is_set():
+            log.debug("faultproxy %d: refused a connection (%s)", self.port, how)
             _close(sock, reset=(how == "reset"))
             return
+        log.debug("faultproxy %d: accepted connection %d", self.port, number)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.idle_timeout)
         conn = _Connection(self, sock, number)
@@ -1272,18 +1305,14 @@ class FaultProxy:
             self._refuse_until = time.monotonic() + seconds if seconds > 0 else 0.0
             self._refuse_how = how
             self._refuse_close_idle = bool(close_idle)
+            # Switch listening here, not in the accept thread, so that the new
+            # state holds when this returns.
+            if how == "unlisten" and seconds > 0:
+                self._set_listening(False)
+            elif seconds == 0 or how != "unlisten":
+                self._set_listening(True)
             self._wake.notify_all()
-            listener = self._listener
             idle = [c for c in self._conns if c.idle] if close_idle and seconds > 0 else []
-        if how == "unlisten" and seconds > 0 and listener is not None:
-            # Wake the accept thread out of accept() so it stops listening now.
-            # (It re-listens when the time is up.)
-            try:
-                listener.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-            with self._wake:
-                self._listening = False
         for conn in idle:
             _shutdown(conn.client)
 
@@ -1312,7 +1341,7 @@ class FaultProxy:
         """
         if not 0.0 <= rate <= 1.0:
             raise ValueError("rate must be between 0 and 1, not %r" % (rate,))
-        kinds = tuple(RANDOM_FAULT_KINDS if kinds is None else kinds)
+        kinds = RANDOM_FAULT_KINDS if kinds is None else (kinds,) if isinstance(kinds, str) else tuple(kinds)
         unknown = set(kinds) - set(RANDOM_FAULT_KINDS)
         if unknown or not kinds:
             raise ValueError("kinds must be a non-empty subset of %s, not %r" % (RANDOM_FAULT_KINDS, kinds))
@@ -1329,6 +1358,7 @@ class FaultProxy:
             self._faults.clear()
             self._random_rate = 0.0
             self._refuse_until = 0.0
+            self._set_listening(True)
             self._wake.notify_all()
 
     @property
