@@ -1,0 +1,31 @@
+"""torch.distributed.checkpoint on S3.
+
+Examples
+--------
+>>> import torch.distributed.checkpoint as dcp                        # doctest: +SKIP
+>>> from s3io.dcp import S3StorageReader, S3StorageWriter
+>>> dcp.save(state_dict, storage_writer=S3StorageWriter("us-east-1", "s3://bucket/ckpt"))
+>>> dcp.load(state_dict, storage_reader=S3StorageReader("us-east-1", "s3://bucket/ckpt"))
+"""
+from .s3_file_system import S3FileSystem, S3StorageReader, S3StorageWriter, StorageMetadata
+from .s3_prefix_strategy import (
+    BinaryPrefixStrategy,
+    DefaultPrefixStrategy,
+    HexPrefixStrategy,
+    NumericPrefixStrategy,
+    RoundRobinPrefixStrategy,
+    S3PrefixStrategyBase,
+)
+
+__all__ = [
+    "S3FileSystem",
+    "S3StorageReader",
+    "S3StorageWriter",
+    "StorageMetadata",
+    "S3PrefixStrategyBase",
+    "DefaultPrefixStrategy",
+    "NumericPrefixStrategy",
+    "BinaryPrefixStrategy",
+    "HexPrefixStrategy",
+    "RoundRobinPrefixStrategy",
+]
