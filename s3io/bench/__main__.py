@@ -1,4 +1,4 @@
-"""``python -m s3io.bench [SUITE ...] [--json PATH] [--plot PATH] [--endpoint URL] [--repeat N] [--quick]``."""
+"""``python -m s3io.bench [SUITE ...] [--json PATH] [--plot PATH] [--endpoint URL] [--repeat N] [--quick] [--minutes N]``."""
 import sys
 
 from s3io.bench._harness import main

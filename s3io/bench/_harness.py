@@ -370,9 +370,11 @@ class BenchContext:
         bucket: Optional[str] = None,
         region: Optional[str] = None,
         stderr: Optional[TextIO] = None,
+        minutes: Optional[float] = None,
     ) -> None:
         self.repeat = repeat
         self.quick = quick
+        self.minutes = minutes  # soak: run time (None: the suite's default)
         self.endpoint = endpoint
         self.region = region
         self.suite = ""
@@ -686,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, metavar="N", help="interleaved rounds per measurement (default 5, --quick 2)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few rounds: a smoke run")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--minutes", type=float, metavar="N", help="soak: run for N minutes (default 2; --quick 0.25)")
     return parser
 
 
@@ -714,6 +717,9 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None, 
     if args.repeat is not None and args.repeat < 1:
         print("s3io.bench: --repeat must be >= 1", file=err)
         return 2
+    if args.minutes is not None and not args.minutes > 0:
+        print("s3io.bench: --minutes must be > 0, not %s" % args.minutes, file=err)
+        return 2
     selected = list(dict.fromkeys(args.suites)) or names
     if not selected:
         print("s3io.bench: no suites found", file=err)
@@ -731,11 +737,12 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None, 
         "command": "python -m s3io.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": _machine(),
-        "options": {"repeat": repeat, "quick": args.quick, "endpoint": args.endpoint or "embedded rclone"},
+        "options": {"repeat": repeat, "quick": args.quick, "minutes": args.minutes, "endpoint": args.endpoint or "embedded rclone"},
         "suites": {},
     }
     crashed: List[str] = []
-    ctx = BenchContext(repeat=repeat, quick=args.quick, endpoint=args.endpoint, bucket=args.bucket, region=args.region, stderr=err)
+    ctx = BenchContext(repeat=repeat, quick=args.quick, endpoint=args.endpoint, bucket=args.bucket, region=args.region,
+                       stderr=err, minutes=args.minutes)
     try:
         for name in selected:
             ctx.suite = name
