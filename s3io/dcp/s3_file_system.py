@@ -142,7 +142,16 @@ class S3FileSystem(FileSystemBase):
         return base + suffix if base.endswith("/") else f"{base}/{suffix}"
 
     def init_path(self, path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:
-        """Remember and return ``path`` (nothing to create on S3)."""
+        """Check that ``path`` is an ``s3://bucket[/prefix]`` URI and return it (nothing to create on S3).
+
+        Raises
+        ------
+        ValueError
+            If ``path`` is not an ``s3://`` URI with a bucket name.
+        """
+        # Checked here, not at the first request: torch calls init_path from the
+        # storage classes' constructors and from reset(checkpoint_id).
+        parse_s3_uri(_path_str(path))
         self._path = path
         return path
 
