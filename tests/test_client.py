@@ -401,3 +401,19 @@ def test_failed_multipart_copy_leaves_no_upload(aws, client):
     with pytest.raises(S3Exception):
         client._multipart_copy(BUCKET, "src", BUCKET, "dst", len(data), "", part_size=5 * 1024 * 1024)
     assert aws.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_botocore_debug_logs_are_redacted(aws, monkeypatch, caplog):
+    import logging
+
+    token = "s3ioTESTSESSIONTOKEN0123456789abcdef"
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    client = S3Client(REGION)
+    aws.put_object(Bucket=BUCKET, Key="k", Body=b"x")
+    with caplog.at_level(logging.DEBUG):
+        client.head_object(BUCKET, "k")
+        assert client.get_object(BUCKET, "k").read() == b"x"
+    text = "\n".join(record.getMessage() for record in caplog.records if record.name.startswith("botocore"))
+    assert "x-amz-security-token" in text.lower() or "redacted" in text  # the records were there
+    for needle in (os.environ["AWS_SECRET_ACCESS_KEY"], token, "Signature="):
+        assert needle not in text
