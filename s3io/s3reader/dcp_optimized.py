@@ -21,7 +21,7 @@ from io import SEEK_CUR, SEEK_END, SEEK_SET
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 from .._core import ItemRange, ItemViewBuffer, coalesce_ranges
-from .s3reader import S3Reader
+from .s3reader import S3Reader, _ObjectReader
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.distributed.checkpoint.filesystem import _StorageInfo
@@ -41,7 +41,6 @@ _FALLBACK_GUIDANCE = (
     "\nFor unsupported or non-DCP access patterns, use the generic reader: "
     "S3StorageReader(region, path, reader_constructor=S3ReaderConstructor.default())"
 )
-_CLOSED = "I/O operation on closed file."
 
 
 def _check_max_gap_size(max_gap_size) -> Union[int, float]:
@@ -52,7 +51,7 @@ def _check_max_gap_size(max_gap_size) -> Union[int, float]:
     return max_gap_size
 
 
-class DCPOptimizedS3Reader(S3Reader):
+class DCPOptimizedS3Reader(_ObjectReader):
     """S3 reader optimized for PyTorch Distributed Checkpoint (DCP) loading.
 
     Fetches only the injected item ranges (plus gaps up to ``max_gap_size``
@@ -126,40 +125,7 @@ class DCPOptimizedS3Reader(S3Reader):
 
     # -- properties -----------------------------------------------------------
 
-    @property
-    def bucket(self) -> str:
-        """The object's bucket."""
-        return self._bucket
-
-    @property
-    def key(self) -> str:
-        """The object's key."""
-        return self._key
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._closed
-
-    def readable(self) -> bool:
-        """Always True (until closed)."""
-        self._check_open()
-        return True
-
-    def seekable(self) -> bool:
-        """Always True (until closed): seeking inside the current item is free."""
-        self._check_open()
-        return True
-
-    def writable(self) -> bool:
-        """Always False."""
-        return False
-
     # -- item lookup ----------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError(_CLOSED)
 
     def _find_item(self, start: int, end: int) -> int:
         """Index of the item holding [start, end); the current one or a later one."""

@@ -5,7 +5,7 @@ from typing import Callable, Optional
 
 from .._core import RangeBuffer
 from .._stream import allocate, finish_bytes
-from .s3reader import S3Reader, _check_read_size, _closed_error, _writable_view
+from .s3reader import _ObjectReader, _check_read_size, _writable_view
 
 __all__ = ["RangedS3Reader"]
 
@@ -14,7 +14,7 @@ __all__ = ["RangedS3Reader"]
 _DIRECT_READ_MIN = 64 * 1024
 
 
-class RangedS3Reader(S3Reader):
+class RangedS3Reader(_ObjectReader):
     """Range-based S3 reader implementation with adaptive buffering.
 
     Each read fetches only the bytes it needs with a ranged GET.  The buffering
@@ -60,37 +60,6 @@ class RangedS3Reader(S3Reader):
         self._fetch_direct = fetch_into if callable(fetch_into) else None
         self._range_buffer: Optional[RangeBuffer] = None  # made on first use (needs the size)
         self._closed = False
-
-    # -- properties ----------------------------------------------------------------
-
-    @property
-    def bucket(self) -> str:
-        """The object's bucket."""
-        return self._bucket
-
-    @property
-    def key(self) -> str:
-        """The object's key."""
-        return self._key
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise _closed_error()
-
-    def readable(self) -> bool:
-        """True (ValueError once closed)."""
-        self._check_open()
-        return True
-
-    def seekable(self) -> bool:
-        """True (ValueError once closed)."""
-        self._check_open()
-        return True
 
     # -- byte source -----------------------------------------------------------------
 

@@ -66,6 +66,47 @@ class S3Reader(ABC, io.BufferedIOBase):
         return False
 
 
+
+class _ObjectReader(S3Reader):
+    """What s3io's readers share: the object's name and the closed state.
+
+    Subclasses set ``_bucket``, ``_key`` and ``_closed`` in ``__init__`` and
+    call :meth:`_check_open` before touching their buffers.
+    """
+
+    _bucket: str
+    _key: str
+    _closed: bool
+
+    @property
+    def bucket(self) -> str:
+        """The object's bucket."""
+        return self._bucket
+
+    @property
+    def key(self) -> str:
+        """The object's key."""
+        return self._key
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _closed_error()
+
+    def readable(self) -> bool:
+        """True (ValueError once closed)."""
+        self._check_open()
+        return True
+
+    def seekable(self) -> bool:
+        """True (ValueError once closed)."""
+        self._check_open()
+        return True
+
 # Argument checks shared by s3io's readers (same messages as io.BytesIO where it has one).
 
 _CLOSED = "I/O operation on closed file."

@@ -7,7 +7,7 @@ import zlib
 from typing import Callable, List, Optional, Tuple
 
 from .._stream import allocate, finish_bytes
-from .s3reader import S3Reader, _check_read_size, _closed_error, _seek_target, _writable_view
+from .s3reader import _ObjectReader, _check_read_size, _seek_target, _writable_view
 
 __all__ = ["SequentialS3Reader"]
 
@@ -162,7 +162,7 @@ class _Download:
                         pass
 
 
-class SequentialS3Reader(S3Reader):
+class SequentialS3Reader(_ObjectReader):
     """Sequential S3 reader implementation.
 
     Keeps the whole object in one buffer, for sequential reads and repeated
@@ -211,37 +211,6 @@ class SequentialS3Reader(S3Reader):
         self._size: Optional[int] = None
         self._position = 0
         self._closed = False
-
-    # -- properties ----------------------------------------------------------------
-
-    @property
-    def bucket(self) -> str:
-        """The object's bucket."""
-        return self._bucket
-
-    @property
-    def key(self) -> str:
-        """The object's key."""
-        return self._key
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise _closed_error()
-
-    def readable(self) -> bool:
-        """True (ValueError once closed)."""
-        self._check_open()
-        return True
-
-    def seekable(self) -> bool:
-        """True (ValueError once closed)."""
-        self._check_open()
-        return True
 
     # -- fetching ------------------------------------------------------------------
 
