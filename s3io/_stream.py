@@ -192,10 +192,15 @@ class GetObjectStream:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         pin: Optional[Callable[[str], str]] = None,
     ) -> None:
-        if start is not None and start < 0:
-            raise ValueError(f"start must be non-negative, not {start}")
-        if end is not None and end < 0:
-            raise ValueError(f"end must be non-negative, not {end}")
+        for name, value in (("start", start), ("end", end)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"{name} must be non-negative, not {value}")
+        if start is not None and end is not None and start > end:
+            raise ValueError(f"range {start}-{end} is invalid: end before start")
         self.bucket = bucket
         self.key = key
         self._client = client
