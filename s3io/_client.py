@@ -37,7 +37,7 @@ from ._exceptions import (
     S3ObjectChanged,
     S3ObjectNotFound,
 )
-from ._stream import DEFAULT_CHUNK_SIZE, GetObjectStream, normalize_etag
+from ._stream import DEFAULT_CHUNK_SIZE, GetObjectStream, is_etag, normalize_etag
 
 __all__ = ["S3Client", "HeadObjectResult", "ObjectInfo"]
 
@@ -710,7 +710,7 @@ class S3Client:
         kwargs: Dict[str, Any] = dict(Bucket=bucket, Key=key, **self._extra)
         if range_header is not None:
             kwargs["Range"] = range_header
-        if etag:
+        if is_etag(etag):
             kwargs["IfMatch"] = etag
         try:
             return self._boto.get_object(**kwargs)

@@ -55,14 +55,39 @@ _TRANSIENT_BODY_ERRORS = (
 )
 
 
+# Stores that send no ETag (e.g. rclone with --etag-hash '') still send Last-Modified and
+# the object size: pin those instead, so an overwrite a second or more after the first
+# response (or one that changes the size) is still caught.  Never sent as If-Match.
+_FALLBACK_VERSION = "s3io-version:"
+
+
 def normalize_etag(etag: Optional[str]) -> Optional[str]:
     """The ETag in its quoted header form (listings of some servers drop the quotes); None if empty."""
     if not etag:
         return None
     etag = etag.strip()
-    if etag.startswith('"') or etag.startswith('W/"'):
+    if etag in ('""', 'W/""'):  # rclone without hashing: a quoted empty ETag pins nothing
+        return None
+    if etag.startswith('"') or etag.startswith('W/"') or etag.startswith(_FALLBACK_VERSION):
         return etag
     return f'"{etag}"'
+
+
+def is_etag(version: Optional[str]) -> bool:
+    """True for a real ETag (one that If-Match can carry), False for a fallback version or None."""
+    return bool(version) and not version.startswith(_FALLBACK_VERSION)
+
+
+def _response_version(response, size: Optional[int]) -> Optional[str]:
+    """What pins this object version: its ETag, else Last-Modified and size, else None."""
+    etag = normalize_etag(response.get("ETag"))
+    if etag is not None:
+        return etag
+    last_modified = response.get("LastModified")
+    if last_modified is None:
+        return None
+    stamp = last_modified.isoformat() if hasattr(last_modified, "isoformat") else str(last_modified)
+    return f"{_FALLBACK_VERSION}last-modified={stamp};size={size}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +251,11 @@ class GetObjectStream:
 
     @property
     def etag(self) -> Optional[str]:
-        """The object's ETag (after the first response, or as pinned)."""
+        """The pinned version: the object's ETag (after the first response, or as given).
+
+        From a store that sends no ETag, a token built from ``Last-Modified``
+        and the size (``s3io-version:...``), which is compared but never sent.
+        """
         return self._etag
 
     @property
@@ -438,7 +467,7 @@ class GetObjectStream:
         else:
             size = length  # the whole object (a server may ignore Range)
         self._crc32 = _full_object_crc32(response)
-        etag = normalize_etag(response.get("ETag"))
+        etag = _response_version(response, size)
         if etag is not None:
             if self._pin is not None:
                 pinned = self._pin(etag)
@@ -448,7 +477,8 @@ class GetObjectStream:
                 self._etag = etag
             if etag != self._etag:
                 raise S3ObjectChanged(
-                    f"s3://{self.bucket}/{self.key} changed while being read: ETag {self._etag} then {etag}",
+                    f"s3://{self.bucket}/{self.key} changed while being read: "
+                    f"{'ETag' if is_etag(etag) else 'version'} {self._etag} then {etag}",
                     status=200,
                     code="ETagChanged",
                     bucket=self.bucket,

@@ -425,13 +425,12 @@ def test_fault_in_an_error_response_body_is_an_s3exception(rig, fault, reader):
     _assert_no_leftovers(rig)
 
 
-@pytest.mark.xfail(strict=True, reason="reliability-findings.md R11: without ETags there is nothing to pin a version on")
 def test_overwrite_on_a_server_without_etags():
-    """rclone with ``--etag-hash ''`` sends ``ETag: ""``: an overwrite between two GETs goes unnoticed.
+    """rclone with ``--etag-hash ''`` sends ``ETag: ""``: s3io pins Last-Modified and size instead.
 
-    Documented limitation (the issue's "documented where they do not"); strict
-    xfail, so that pinning on Last-Modified / If-Unmodified-Since, if added,
-    turns this into a failure to remove the marker.
+    An overwrite a second or more after the first GET (a later Last-Modified)
+    is detected; one within the same second and of the same size is not (the
+    README says so).
     """
     from s3io.testing.servers import RcloneServer
 
@@ -452,3 +451,19 @@ def test_overwrite_on_a_server_without_etags():
         except S3ObjectChanged:
             return  # detected: what the test asks for
         assert head + rest in (first, second), "mixed two versions of the object"
+
+
+def test_overwrite_with_another_size_on_a_server_without_etags_is_detected_at_once():
+    """No ETag, same Last-Modified second: the object size in the pinned version still catches a resize."""
+    from s3io.testing.servers import RcloneServer
+
+    with RcloneServer(etag=False) as server:
+        bucket = server.make_bucket()
+        boto = server.boto3_client()
+        boto.put_object(Bucket=bucket, Key="k", Body=b"A" * (3 * 64 * KiB))
+        client = S3Client("us-east-1", s3client_config=S3ClientConfig(endpoint_url=server.endpoint_url))
+        reader = client.get_object(bucket, "k", reader_constructor=S3ReaderConstructor.range_based(buffer_size=0))
+        reader.read(64 * KiB)
+        boto.put_object(Bucket=bucket, Key="k", Body=b"B" * (4 * 64 * KiB))
+        with pytest.raises(S3ObjectChanged, match="changed while being read"):
+            reader.read()
