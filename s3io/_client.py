@@ -13,8 +13,10 @@ import email.utils
 import http.client
 import logging
 import os
+import random
 import re
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 _VERSION = "0.1.0"
 _MAX_SINGLE_COPY = 5 * 1024**3  # CopyObject's limit
 _COPY_PART_SIZE = 512 * 1024**2  # UploadPartCopy parts: server-side, so big ones are fine
+# Uploads started this long before our CreateMultipartUpload (server clock vs ours) still count
+# as possibly ours when a retried create is cleaned up.
+_CLOCK_SKEW = 15.0
+_ABORT_BACKOFF_BASE = 0.1  # seconds; full jitter over base * 2**attempt
+_ABORT_BACKOFF_CAP = 2.0
 
 
 @dataclass(frozen=True)
@@ -439,6 +446,65 @@ class S3Client:
         except _REQUEST_ERRORS as exc:
             raise _translate(exc, _op_name(operation), bucket, key) from exc
 
+    # -- multipart uploads: never leave one behind ---------------------------------------
+
+    def _create_multipart_upload(self, bucket: str, key: str, **kwargs) -> str:
+        """CreateMultipartUpload; returns the UploadId.
+
+        When botocore had to retry the call, an earlier attempt may have
+        created an upload whose answer was lost: nobody would ever complete or
+        abort it, and its parts are stored (and billed) until a lifecycle rule
+        removes them.  Those uploads of ``key``, started since this call, are
+        aborted here.
+        """
+        started = time.time()
+        response = self._call("create_multipart_upload", bucket, key, Bucket=bucket, Key=key, **kwargs)
+        upload_id = response["UploadId"]
+        if (response.get("ResponseMetadata") or {}).get("RetryAttempts"):
+            self._abort_lost_uploads(bucket, key, keep=upload_id, since=started - _CLOCK_SKEW)
+        return upload_id
+
+    def _abort_lost_uploads(self, bucket: str, key: str, *, keep: str, since: float) -> None:
+        payer = self._request_payer()
+        try:
+            listing = self._call("list_multipart_uploads", bucket, key, Bucket=bucket, Prefix=key, **payer)
+        except S3Exception:  # some stores answer NoSuchUpload for "none"; this is best effort
+            log.warning("s3://%s/%s: listing in-progress uploads failed", bucket, key, exc_info=True)
+            return
+        for upload in listing.get("Uploads") or ():
+            initiated = upload.get("Initiated")
+            if (
+                upload.get("Key") == key
+                and upload.get("UploadId") != keep
+                and initiated is not None
+                and initiated.timestamp() >= since
+            ):
+                self._abort_multipart_upload(bucket, key, upload["UploadId"])
+
+    def _abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> bool:
+        """Abort ``upload_id``, retried with backoff (its own budget: an abort must not
+        fail because earlier faults drained botocore's retry quota).  False if it
+        could not be aborted (logged)."""
+        attempts = max(3, self.s3client_config.max_attempts)
+        for attempt in range(attempts):
+            try:
+                self._call(
+                    "abort_multipart_upload", bucket, key, Bucket=bucket, Key=key, UploadId=upload_id,
+                    **self._request_payer(),
+                )
+                return True
+            except S3Exception as exc:
+                if exc.code == "NoSuchUpload":  # already gone (an earlier attempt went through)
+                    return True
+                if attempt + 1 == attempts or (exc.status is not None and 400 <= exc.status < 500 and exc.status != 429):
+                    log.warning("s3://%s/%s: aborting multipart upload %s failed", bucket, key, upload_id, exc_info=True)
+                    return False
+            time.sleep(random.uniform(0, min(_ABORT_BACKOFF_CAP, _ABORT_BACKOFF_BASE * 2**attempt)))
+        return False
+
+    def _request_payer(self) -> Dict[str, str]:
+        return {k: v for k, v in self._extra.items() if k == "RequestPayer"}
+
     # -- object API ------------------------------------------------------------------
 
     def get_object(
@@ -586,10 +652,8 @@ class S3Client:
         """Copy with UploadPartCopy parts; no upload is left behind if a part fails."""
         # Server-side parts cost no local memory: use big ones, within S3's 10,000-part limit.
         part_size = part_size or max(_COPY_PART_SIZE, -(-size // 10_000))
-        upload_id = self._call(
-            "create_multipart_upload", dst_bucket, dst_key, Bucket=dst_bucket, Key=dst_key, **self._extra
-        )["UploadId"]
-        payer = {k: v for k, v in self._extra.items() if k == "RequestPayer"}
+        upload_id = self._create_multipart_upload(dst_bucket, dst_key, **self._extra)
+        payer = self._request_payer()
 
         def copy_part(number: int, start: int) -> dict:
             end = min(start + part_size, size) - 1
@@ -633,12 +697,7 @@ class S3Client:
                         future.result()
                     except BaseException:
                         pass
-            try:
-                self._call(
-                    "abort_multipart_upload", dst_bucket, dst_key, Bucket=dst_bucket, Key=dst_key, UploadId=upload_id, **payer
-                )
-            except Exception:
-                log.warning("aborting the multipart copy to s3://%s/%s failed", dst_bucket, dst_key, exc_info=True)
+            self._abort_multipart_upload(dst_bucket, dst_key, upload_id)
             raise
 
     # -- low level: streams and direct fills -----------------------------------------

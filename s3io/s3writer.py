@@ -244,10 +244,7 @@ class S3Writer(io.BufferedIOBase):
 
     def _submit_part(self, part: bytearray) -> None:
         if self._upload_id is None:
-            response = self._client._call(
-                "create_multipart_upload", self.bucket, self.key, Bucket=self.bucket, Key=self.key, **self._extra
-            )
-            self._upload_id = response["UploadId"]
+            self._upload_id = self._client._create_multipart_upload(self.bucket, self.key, **self._extra)
         self._slots.acquire()  # bounded memory: wait while the limit of parts is in flight
         if self._error is not None:
             self._slots.release()
@@ -293,17 +290,5 @@ class S3Writer(io.BufferedIOBase):
         """Abort the multipart upload (after in-flight parts finish, so none survives it)."""
         self._wait_for_parts()
         upload_id, self._upload_id = self._upload_id, None
-        if upload_id is None:
-            return
-        try:
-            self._client._call(
-                "abort_multipart_upload",
-                self.bucket,
-                self.key,
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-                **self._request_payer(),
-            )
-        except Exception:
-            log.warning("s3://%s/%s: aborting multipart upload %s failed", self.bucket, self.key, upload_id, exc_info=True)
+        if upload_id is not None:
+            self._client._abort_multipart_upload(self.bucket, self.key, upload_id)

@@ -467,3 +467,34 @@ def test_overwrite_with_another_size_on_a_server_without_etags_is_detected_at_on
         boto.put_object(Bucket=bucket, Key="k", Body=b"B" * (4 * 64 * KiB))
         with pytest.raises(S3ObjectChanged, match="changed while being read"):
             reader.read()
+
+
+def test_a_lost_create_multipart_answer_leaves_no_upload_behind(rig):
+    """The store creates the upload but its answer is lost: botocore retries and gets a second one.
+
+    The first upload has no owner; the writer aborts it (found by a soak run: 41 uploads left).
+    """
+    rig.fresh_client()
+    key = rig.key("lost-create")
+    data = os.urandom(2 * 5 * MiB + 1)
+    rig.proxy.reset_stats()
+    rig.proxy.drop_connection(after_bytes=None, kind="CreateMultipartUpload")
+    with rig.client.put_object(rig.bucket, key) as writer:
+        writer.write(data)
+    assert rig.proxy.count("CreateMultipartUpload") == 2
+    assert rig.boto.get_object(Bucket=rig.bucket, Key=key)["Body"].read() == data
+    _assert_no_leftovers(rig)
+
+
+def test_the_abort_of_a_failed_upload_is_retried_past_botocore_retries(rig):
+    """An abort that fails more often than botocore retries still goes through: no parts left billed."""
+    rig.fresh_client()
+    key = rig.key("abort")
+    rig.proxy.reset_stats()
+    rig.proxy.slow_down(kind="AbortMultipartUpload", times=MAX_ATTEMPTS + 1)
+    with pytest.raises(RuntimeError, match="user code failed"):
+        with rig.client.put_object(rig.bucket, key) as writer:
+            writer.write(os.urandom(5 * MiB + 1))  # one part uploaded: a multipart upload exists
+            raise RuntimeError("user code failed")
+    assert rig.proxy.count("AbortMultipartUpload") > MAX_ATTEMPTS + 1
+    _assert_no_leftovers(rig)
