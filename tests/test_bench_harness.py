@@ -3,8 +3,10 @@ import importlib.metadata
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -254,3 +256,24 @@ def test_module_entry_point_lists_suites():
         [sys.executable, "-m", "s3io.bench", "no-such-suite"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and "unknown suite" in proc.stderr
+
+
+def test_sigterm_stops_the_embedded_server_and_removes_its_files(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s3io.bench", "read", "--quick"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith("s3io-rclone") for p in tmp_path.iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the embedded server never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # let it get going
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert list(tmp_path.iterdir()) == []

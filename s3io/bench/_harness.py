@@ -753,7 +753,7 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None, 
                 result = _suite_runner(name)(ctx)
                 if not isinstance(result, SuiteResult):
                     raise TypeError("suite %s returned %s, not SuiteResult" % (name, type(result).__name__))
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: stop (the finally below cleans up)
                 raise
             except BaseException as error:  # a crashing suite must not hide the others' figures
                 crashed.append(name)
