@@ -6,6 +6,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Dict, List, Optional
 
+from ._stream import allocate, finish_bytes
+
 if TYPE_CHECKING:  # pragma: no cover
     from ._client import S3Client
 
@@ -17,6 +19,31 @@ _CLOSED = "I/O operation on closed file."
 _MAX_PARTS_IN_FLIGHT = 8  # with 8 MiB parts: at most ~72 MiB held per writer
 _MIN_PART = 5 * 1024 * 1024  # S3's smallest part (all but the last)
 _MAX_PART = 5 * 1024 * 1024 * 1024
+
+
+
+class _PartBuffer:
+    """One part's bytes, filled in place and handed out as ``bytes`` without a copy when full."""
+
+    __slots__ = ("_owner", "_view", "filled")
+
+    def __init__(self, size: int) -> None:
+        self._owner, self._view = allocate(size)  # fresh memory: no memset, no copy at to_bytes()
+        self.filled = 0
+
+    @property
+    def full(self) -> bool:
+        return self.filled == len(self._view)
+
+    def add(self, data: memoryview) -> int:
+        """Copy as much of ``data`` as fits; return how much."""
+        take = min(len(data), len(self._view) - self.filled)
+        self._view[self.filled : self.filled + take] = data[:take]
+        self.filled += take
+        return take
+
+    def to_bytes(self) -> bytes:
+        return finish_bytes(self._owner, self._view, 0, self.filled)
 
 
 class S3Writer(io.BufferedIOBase):
@@ -73,7 +100,7 @@ class S3Writer(io.BufferedIOBase):
         self._part_size = part_size or config.part_size
         limit = max_parts_in_flight or max(2, min(config.max_concurrency, _MAX_PARTS_IN_FLIGHT))
         self._slots = threading.BoundedSemaphore(limit)
-        self._buffer = bytearray()  # the part being filled
+        self._buffer: Optional[_PartBuffer] = None  # the part being filled (made on first write)
         self._position = 0
         self._upload_id: Optional[str] = None
         self._next_part = 1
@@ -144,12 +171,12 @@ class S3Writer(io.BufferedIOBase):
             part_size = self._part_size
             try:
                 while offset < total:
-                    take = min(total - offset, part_size - len(self._buffer))
-                    self._buffer += view[offset : offset + take]
-                    offset += take
-                    if len(self._buffer) >= part_size:
-                        part, self._buffer = self._buffer, bytearray()
-                        self._submit_part(part)
+                    if self._buffer is None:
+                        self._buffer = _PartBuffer(part_size)
+                    offset += self._buffer.add(view[offset:])
+                    if self._buffer.full:
+                        part, self._buffer = self._buffer, None
+                        self._submit_part(part.to_bytes())
             except BaseException as exc:
                 if self._error is None:
                     self._error = exc
@@ -178,14 +205,15 @@ class S3Writer(io.BufferedIOBase):
             self._closed = True
             try:
                 if self._upload_id is None:
-                    body, self._buffer = self._buffer, None
+                    part, self._buffer = self._buffer, None
+                    body = b"" if part is None else part.to_bytes()
                     self._client._call(
-                        "put_object", self.bucket, self.key, Bucket=self.bucket, Key=self.key, Body=bytes(body), **self._extra
+                        "put_object", self.bucket, self.key, Bucket=self.bucket, Key=self.key, Body=body, **self._extra
                     )
                     return
-                if self._buffer:
+                if self._buffer is not None and self._buffer.filled:
                     part, self._buffer = self._buffer, None
-                    self._submit_part(part)
+                    self._submit_part(part.to_bytes())
                 self._buffer = None
                 self._wait_for_parts()
                 if self._error is not None:
@@ -242,7 +270,7 @@ class S3Writer(io.BufferedIOBase):
     def _request_payer(self) -> Dict[str, str]:
         return {k: v for k, v in self._extra.items() if k == "RequestPayer"}
 
-    def _submit_part(self, part: bytearray) -> None:
+    def _submit_part(self, part: bytes) -> None:
         if self._upload_id is None:
             self._upload_id = self._client._create_multipart_upload(self.bucket, self.key, **self._extra)
         self._slots.acquire()  # bounded memory: wait while the limit of parts is in flight
@@ -258,7 +286,7 @@ class S3Writer(io.BufferedIOBase):
             raise
         self._futures.append(future)
 
-    def _upload_part(self, number: int, part: bytearray) -> None:
+    def _upload_part(self, number: int, part: bytes) -> None:
         try:
             response = self._client._call(
                 "upload_part",
@@ -268,7 +296,7 @@ class S3Writer(io.BufferedIOBase):
                 Key=self.key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=bytes(part),  # some HTTP stacks (moto, werkzeug) reject bytearray bodies
+                Body=part,  # bytes: some HTTP stacks (moto, werkzeug) reject bytearray bodies
                 **self._request_payer(),
             )
             self._etags[number] = response["ETag"]
