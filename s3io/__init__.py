@@ -9,8 +9,10 @@ The API follows s3torchconnector 1.5.0, so switching is one import line::
         writer.write(b"hello")
     reader = client.get_object("bucket", "key")
     assert reader.read() == b"hello"
+    for page in client.list_objects("bucket", prefix="k"):
+        print([info.key for info in page.object_info])
 """
-from ._client import HeadObjectResult, ObjectInfo, S3Client
+from ._client import S3Client
 from ._config import S3ClientConfig
 from ._exceptions import (
     S3AccessDenied,
@@ -21,6 +23,9 @@ from ._exceptions import (
     S3ObjectChanged,
     S3ObjectNotFound,
 )
+from ._handle import ObjectHandle
+from ._listing import ListObjectStream
+from ._metadata import HeadObjectResult, ListObjectResult, ObjectInfo
 from ._stream import GetObjectStream
 from ._uri import parse_s3_uri
 from .s3reader import S3Reader, S3ReaderConstructor
@@ -43,6 +48,9 @@ __all__ = [
     "S3InvalidRange",
     "HeadObjectResult",
     "ObjectInfo",
+    "ListObjectResult",
+    "ListObjectStream",
+    "ObjectHandle",
     "GetObjectStream",
     "parse_s3_uri",
     "__version__",

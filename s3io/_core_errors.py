@@ -117,16 +117,16 @@ def busy(cls_name):
     return RuntimeError(f"{cls_name} is already in use by another call (concurrent or re-entrant use)")
 
 
-def readinto_destination(obj):
-    """Explain why ``obj`` cannot be a ``readinto()`` destination."""
+def readinto_destination(obj, what="readinto()"):
+    """Explain why ``obj`` cannot be the destination of ``what`` (a ``readinto()``-like call)."""
     name = _type_name(obj)
     try:
         view = memoryview(obj)
     except TypeError:
-        return TypeError(f"readinto() needs a writable bytes-like object, not {name}")
+        return TypeError(f"{what} needs a writable bytes-like object, not {name}")
     if view.readonly:
-        return TypeError(f"readinto() needs a writable bytes-like object, not {name}")
-    return TypeError(f"readinto() needs a C-contiguous writable buffer, not a non-contiguous {name}")
+        return TypeError(f"{what} needs a writable bytes-like object, not {name}")
+    return TypeError(f"{what} needs a C-contiguous writable buffer, not a non-contiguous {name}")
 
 
 def unusable_segment(obj):

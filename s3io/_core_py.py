@@ -12,6 +12,7 @@ import math
 import operator
 
 from s3io import _core_errors as errors
+from s3io._checks import writable_view
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -52,19 +53,6 @@ def _read_size(size):
     if size < 0:
         return -1
     return min(size, _INT64_MAX)
-
-
-def _writable_bytes(buf):
-    """A writable, C-contiguous, unsigned-byte memoryview of ``buf``, or TypeError."""
-    try:
-        view = memoryview(buf)
-    except TypeError:
-        raise errors.readinto_destination(buf) from None
-    if view.readonly or not view.c_contiguous:
-        raise errors.readinto_destination(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +341,7 @@ class RangeBuffer:
     def readinto(self, buf):
         """Read up to ``len(buf)`` bytes into the writable buffer ``buf``; 0 at EOF."""
         self._check()
-        dest = _writable_bytes(buf)
+        dest = writable_view(buf)
         start = self._pos
         end = min(start + len(dest), self._size)
         if start >= end:
@@ -486,7 +474,7 @@ class ItemViewBuffer:
         """Read up to ``len(buf)`` bytes into the writable buffer ``buf``; 0 at the end."""
         if self._closed:
             raise errors.closed_file()
-        return self._copy_into(_writable_bytes(buf))
+        return self._copy_into(writable_view(buf))
 
     def read(self, size=-1):
         """Read up to ``size`` bytes (None or negative: to the end)."""

@@ -1,37 +1,30 @@
 """GetObjectStream: one byte range of one object, read from the socket into the caller's memory.
 
-The fast path: botocore's ``StreamingBody`` wraps a urllib3 ``HTTPResponse``
-(``body._raw_stream``) whose ``_fp`` is an ``http.client.HTTPResponse``.  Its
-``readinto`` goes from the socket straight into the destination (large reads
-bypass the socket file's buffer), so a ranged GET costs no intermediate copy.
-When those attributes are missing (another HTTP layer, a test double), the
-stream falls back to ``StreamingBody.read`` plus one copy.
-
-Bytes are counted: a body that ends early is resumed from the last byte received
-with ``If-Match`` (never zero-padded); an ETag that changes between responses, or
-a 412, raises :class:`S3ObjectChanged`.
+The stream is handed a narrow ``send_get(bucket, key, range_header, if_match)``
+(the transport's GET) and a :class:`~s3io._pin.VersionPin`, never the client.
+Bytes are counted: a body that ends early is resumed from the last byte
+received with ``If-Match`` (never zero-padded); a response from another
+version of the object, or a 412, raises :class:`S3ObjectChanged`.
 """
 from __future__ import annotations
 
 import base64
-import ctypes
 import http.client
 import logging
 import random
 import re
-import sys
 import time
-from typing import TYPE_CHECKING, Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import botocore.exceptions
 import urllib3.exceptions
 
-from ._exceptions import S3Exception, S3IncompleteRead, S3ObjectChanged
+from ._checks import check_bucket_key, writable_view
+from ._exceptions import S3Exception, S3IncompleteRead, S3InvalidRange, S3ObjectChanged
+from ._memory import allocate, finish_bytes
+from ._pin import VersionPin, response_version
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._client import S3Client
-
-__all__ = ["GetObjectStream", "DEFAULT_CHUNK_SIZE", "allocate", "finish_bytes", "normalize_etag"]
+__all__ = ["GetObjectStream", "DEFAULT_CHUNK_SIZE", "SendGet", "fetch_into"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +34,6 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 _BACKOFF_BASE = 0.05  # seconds; full jitter over base * 2**attempt
 _BACKOFF_CAP = 5.0
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_CONTENT_RANGE_UNSATISFIED = re.compile(r"bytes\s+\*/(\d+)")
 
 # Errors while reading a body that a fresh ranged GET may cure.
 _TRANSIENT_BODY_ERRORS = (
@@ -54,127 +46,7 @@ _TRANSIENT_BODY_ERRORS = (
     botocore.exceptions.ConnectionError,
 )
 
-
-# Stores that send no ETag (e.g. rclone with --etag-hash '') still send Last-Modified and
-# the object size: pin those instead, so an overwrite a second or more after the first
-# response (or one that changes the size) is still caught.  Never sent as If-Match.
-_FALLBACK_VERSION = "s3io-version:"
-
-
-def normalize_etag(etag: Optional[str]) -> Optional[str]:
-    """The ETag in its quoted header form (listings of some servers drop the quotes); None if empty."""
-    if not etag:
-        return None
-    etag = etag.strip()
-    if etag in ('""', 'W/""'):  # rclone without hashing: a quoted empty ETag pins nothing
-        return None
-    if etag.startswith('"') or etag.startswith('W/"') or etag.startswith(_FALLBACK_VERSION):
-        return etag
-    return f'"{etag}"'
-
-
-def is_etag(version: Optional[str]) -> bool:
-    """True for a real ETag (one that If-Match can carry), False for a fallback version or None."""
-    return bool(version) and not version.startswith(_FALLBACK_VERSION)
-
-
-def _response_version(response, size: Optional[int]) -> Optional[str]:
-    """What pins this object version: its ETag, else Last-Modified and size, else None."""
-    etag = normalize_etag(response.get("ETag"))
-    if etag is not None:
-        return etag
-    last_modified = response.get("LastModified")
-    if last_modified is None:
-        return None
-    stamp = last_modified.isoformat() if hasattr(last_modified, "isoformat") else str(last_modified)
-    return f"{_FALLBACK_VERSION}last-modified={stamp};size={size}"
-
-
-# --------------------------------------------------------------------------------------------
-# Fresh, writable memory that can become an immutable ``bytes`` without a copy.
-
-_CPYTHON = sys.implementation.name == "cpython"
-if _CPYTHON:
-    _bytes_from_size = ctypes.pythonapi.PyBytes_FromStringAndSize
-    _bytes_from_size.restype = ctypes.py_object
-    _bytes_from_size.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-    _BYTES_DATA_OFFSET = bytes.__basicsize__ - 1  # ob_sval; basicsize counts the trailing NUL
-_FRESH_BYTES_MIN = 2  # CPython shares the 0- and 1-byte objects: never write into those
-
-
-def allocate(size: int) -> Tuple[object, memoryview]:
-    """Return ``(owner, view)``: ``size`` bytes of fresh memory and a writable view of it.
-
-    On CPython ``owner`` is a brand-new, not yet initialised ``bytes`` object
-    that nothing else references, so filling it through ``view`` is
-    unobservable, and :func:`finish_bytes` can hand it out as the result of a
-    ``read()`` with no copy.  Large allocations come from ``mmap`` inside
-    malloc, so there is no up-front memset either.  Elsewhere ``owner`` is a
-    ``bytearray``.  ``view`` keeps ``owner`` alive.
-    """
-    if _CPYTHON and size >= _FRESH_BYTES_MIN:
-        owner = _bytes_from_size(None, size)
-        array = (ctypes.c_char * size).from_address(id(owner) + _BYTES_DATA_OFFSET)
-        array._owner = owner  # the view -> array -> bytes chain keeps the memory alive
-        return owner, memoryview(array).cast("B")
-    owner = bytearray(size)
-    return owner, memoryview(owner)
-
-
-def finish_bytes(owner, view: memoryview, start: int, end: int) -> bytes:
-    """``bytes`` of ``[start, end)`` of an :func:`allocate` d buffer; the owner itself when whole."""
-    if start == 0 and end == len(view) and type(owner) is bytes:
-        return owner
-    return bytes(view[start:end])
-
-
-# --------------------------------------------------------------------------------------------
-
-
-class _Body:
-    """One HTTP response body: ``readinto`` from the socket, and connection hand-back."""
-
-    __slots__ = ("_body", "_raw", "_fp")
-
-    def __init__(self, streaming_body) -> None:
-        self._body = streaming_body
-        raw = getattr(streaming_body, "_raw_stream", None)
-        fp = getattr(raw, "_fp", None)
-        # Only when urllib3 has buffered nothing and decodes nothing may we read
-        # around it (botocore asks for decode_content=False).
-        decoded = getattr(raw, "_decoded_buffer", None)
-        if (
-            fp is not None
-            and callable(getattr(fp, "readinto", None))
-            and getattr(raw, "_decoder", None) is None
-            and (decoded is None or len(decoded) == 0)
-        ):
-            self._raw, self._fp = raw, fp
-        else:
-            self._raw, self._fp = None, None
-
-    def readinto(self, view: memoryview) -> int:
-        if self._fp is not None:
-            return self._fp.readinto(view)
-        data = self._body.read(len(view))
-        n = len(data)
-        view[:n] = data
-        return n
-
-    def close(self, complete: bool) -> None:
-        """Give the connection back to the pool if the body was read to its end, else drop it."""
-        raw = self._raw
-        try:
-            if raw is not None:
-                if complete and self._fp.isclosed():
-                    raw.release_conn()  # what urllib3 does itself once a body is consumed
-                else:
-                    raw.close()  # unread bytes on the wire: the connection is unusable
-                    raw.release_conn()
-            else:
-                self._body.close()
-        except Exception:  # closing must never mask the real outcome
-            log.debug("closing a response body failed", exc_info=True)
+SendGet = Callable  # send_get(bucket, key, range_header, if_match) -> GetResponse or None (416)
 
 
 class GetObjectStream:
@@ -187,35 +59,36 @@ class GetObjectStream:
 
     Parameters
     ----------
-    client : S3Client
-        Sends the requests.
+    send_get : callable
+        ``send_get(bucket, key, range_header, if_match)``: one GET, returning a
+        ``GetResponse`` or None when the range is not satisfiable (416).
     bucket, key : str
         The object.
     start : int, optional
         First byte (default 0).
     end : int, optional
         One past the last byte (default: the object's end).
-    etag : str, optional
-        Pin this version: every request sends ``If-Match``.  Without it, the
-        first response's ETag is pinned for the resumed requests.
+    pin : VersionPin, optional
+        The version every response must come from; shared by the streams of
+        one reader.  Without it, the first response's version is pinned for
+        this stream's resumed requests.
+    max_attempts : int, default 10
+        Failures in a row without progress before giving up.
     chunk_size : int, optional
         Size of the chunks iteration yields.
-    pin : callable, optional
-        ``pin(etag) -> etag``: shares the pinned ETag with other streams of the
-        same reader (returns the ETag pinned first).
     """
 
     def __init__(
         self,
-        client: "S3Client",
+        send_get: SendGet,
         bucket: str,
         key: str,
         start: Optional[int] = None,
         end: Optional[int] = None,
         *,
-        etag: Optional[str] = None,
+        pin: Optional[VersionPin] = None,
+        max_attempts: int = 10,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        pin: Optional[Callable[[str], str]] = None,
     ) -> None:
         for name, value in (("start", start), ("end", end)):
             if value is None:
@@ -228,7 +101,8 @@ class GetObjectStream:
             raise ValueError(f"range {start}-{end} is invalid: end before start")
         self.bucket = bucket
         self.key = key
-        self._client = client
+        self._send_get = send_get
+        self._max_attempts = max_attempts
         self._ranged = start is not None or end is not None
         self._start = start or 0
         self._end = end  # as asked (exclusive)
@@ -236,12 +110,11 @@ class GetObjectStream:
         self._stop = end  # where this stream ends: min(end, object size) once known
         if end is not None and end <= self._start:
             self._stop = self._start
-        self._etag = normalize_etag(etag)
-        self._pin = pin
+        self._pin = pin if pin is not None else VersionPin(bucket, key)
         self._object_size: Optional[int] = None
         self._crc32: Optional[int] = None  # full-object CRC32 announced by the server
         self._chunk_size = max(1, int(chunk_size))
-        self._body: Optional[_Body] = None
+        self._body = None  # the open response's body
         self._responses = 0
         self._failures = 0  # consecutive failures without progress
         self._done = self._stop is not None and self._pos >= self._stop
@@ -256,7 +129,7 @@ class GetObjectStream:
         From a store that sends no ETag, a token built from ``Last-Modified``
         and the size (``s3io-version:...``), which is compared but never sent.
         """
-        return self._etag
+        return self._pin.version
 
     @property
     def object_size(self) -> Optional[int]:
@@ -318,12 +191,7 @@ class GetObjectStream:
             After ``max_attempts`` failures without progress, or when the object changed.
         """
         self._check_open()
-        view = memoryview(buf)
-        if view.readonly:
-            raise TypeError(f"readinto() needs a writable bytes-like object, not {type(buf).__name__}")
-        if view.ndim != 1 or view.format != "B":
-            view = view.cast("B")
-        return self._readinto(view)
+        return self._readinto(writable_view(buf))
 
     def read(self, size: int = -1) -> bytes:
         """Read up to ``size`` bytes (all the rest when negative)."""
@@ -405,7 +273,7 @@ class GetObjectStream:
     def _failed(self, exc: Optional[BaseException]) -> None:
         """Count a failure without progress; back off, or give up after max_attempts."""
         self._failures += 1
-        attempts = self._client.s3client_config.max_attempts
+        attempts = self._max_attempts
         what = "body ended early" if exc is None else f"{type(exc).__name__}: {exc}"
         where = f"s3://{self.bucket}/{self.key} at byte {self._pos}"
         if self._failures >= attempts:
@@ -427,7 +295,7 @@ class GetObjectStream:
         """Send the GET for ``[pos, stop)`` and check the response headers."""
         range_header = self._range_header()
         first = self._responses == 0
-        response = self._client._get_object_response(self.bucket, self.key, range_header, self._etag)
+        response = self._send_get(self.bucket, self.key, range_header, self._pin.if_match)
         if response is None:  # 416: nothing at or after pos
             self._responses += 1
             if self._pos == 0 and first:
@@ -436,7 +304,7 @@ class GetObjectStream:
             self._done = True
             return
         self._responses += 1
-        body = _Body(response["Body"])
+        body = response.body
         try:
             self._check_response(response, range_header)
         except BaseException:
@@ -447,8 +315,7 @@ class GetObjectStream:
             self._finish()
 
     def _check_response(self, response, range_header: Optional[str]) -> None:
-        length = response.get("ContentLength")
-        content_range = response.get("ContentRange")
+        content_range = response.content_range
         first_byte = 0
         size: Optional[int] = None
         match = _CONTENT_RANGE.match(content_range or "")
@@ -456,7 +323,7 @@ class GetObjectStream:
             first_byte = int(match.group(1))
             if match.group(3) != "*":
                 size = int(match.group(3))
-        elif response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 206:
+        elif response.status == 206:
             raise S3Exception(
                 f"s3://{self.bucket}/{self.key}: 206 response without a usable Content-Range "
                 f"({content_range!r}) for {range_header}",
@@ -465,25 +332,9 @@ class GetObjectStream:
                 key=self.key,
             )
         else:
-            size = length  # the whole object (a server may ignore Range)
+            size = response.content_length  # the whole object (a server may ignore Range)
         self._crc32 = _full_object_crc32(response)
-        etag = _response_version(response, size)
-        if etag is not None:
-            if self._pin is not None:
-                pinned = self._pin(etag)
-                if self._etag is None:
-                    self._etag = pinned
-            if self._etag is None:
-                self._etag = etag
-            if etag != self._etag:
-                raise S3ObjectChanged(
-                    f"s3://{self.bucket}/{self.key} changed while being read: "
-                    f"{'ETag' if is_etag(etag) else 'version'} {self._etag} then {etag}",
-                    status=200,
-                    code="ETagChanged",
-                    bucket=self.bucket,
-                    key=self.key,
-                )
+        self._pin.check(response_version(response.etag, response.last_modified, size))
         if size is not None:
             if self._object_size is not None and size != self._object_size:
                 raise S3ObjectChanged(
@@ -503,13 +354,12 @@ class GetObjectStream:
                     key=self.key,
                 )
             # The server ignored the Range header: skip to pos (rare; costs the skipped bytes).
-            self._skip(response["Body"], self._pos - first_byte)
+            self._skip(response.body, self._pos - first_byte)
 
     def _skip(self, body, count: int) -> None:
         scratch = memoryview(bytearray(min(count, 1 << 20)))
-        tmp = _Body(body)
         while count:
-            n = tmp.readinto(scratch[: min(count, len(scratch))])
+            n = body.readinto(scratch[: min(count, len(scratch))])
             if n == 0:
                 raise S3IncompleteRead(
                     f"s3://{self.bucket}/{self.key}: body ended while skipping to byte {self._pos}",
@@ -521,11 +371,52 @@ class GetObjectStream:
 
 def _full_object_crc32(response) -> Optional[int]:
     """A full-object CRC32 from the response headers (rclone sends it even on ranged GETs)."""
-    value = response.get("ChecksumCRC32")
-    if not value or "-" in value or response.get("ChecksumType") == "COMPOSITE":
+    value = response.checksum_crc32
+    if not value or "-" in value or response.checksum_type == "COMPOSITE":
         return None  # composite checksums ("...-3") cover parts, not the object's bytes
     try:
         raw = base64.b64decode(value, validate=True)
     except (ValueError, TypeError):
         return None
     return int.from_bytes(raw, "big") if len(raw) == 4 else None
+
+
+def fetch_into(
+    send_get: SendGet, bucket: str, key: str, start: int, dest, *, pin: VersionPin, max_attempts: int = 10
+) -> str:
+    """Fill all of the writable ``dest`` with bytes ``[start, start + len(dest))`` of one version.
+
+    One ranged GET read from the socket straight into ``dest``, resumed from
+    the last byte received if the body ends early.  Returns the pinned
+    version ("" if the store sends none).
+
+    Raises
+    ------
+    S3InvalidRange
+        The object ends before ``start + len(dest)``.
+    S3ObjectChanged
+        The object is not the version ``pin`` holds.
+    """
+    check_bucket_key(bucket, key)
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise TypeError(f"start must be an int, not {type(start).__name__}")
+    if start < 0:
+        raise ValueError(f"start must be non-negative, not {start}")
+    view = writable_view(dest, "fetch_into()")
+    size = len(view)
+    if size == 0:
+        return pin.version or ""
+    stream = GetObjectStream(send_get, bucket, key, start, start + size, pin=pin, max_attempts=max_attempts)
+    try:
+        got = stream.readinto(view)
+    finally:
+        stream.close()
+    if got != size:
+        raise S3InvalidRange(
+            f"s3://{bucket}/{key} is {stream.object_size} bytes: cannot read bytes {start}-{start + size}",
+            status=416,
+            code="InvalidRange",
+            bucket=bucket,
+            key=key,
+        )
+    return stream.etag or ""

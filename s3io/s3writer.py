@@ -4,12 +4,12 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import List, Optional
 
-from ._stream import allocate, finish_bytes
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ._client import S3Client
+from ._checks import check_bucket_key
+from ._memory import allocate, finish_bytes
+from ._multipart import MultipartUpload
+from ._transport import Transport
 
 __all__ = ["S3Writer"]
 
@@ -19,7 +19,6 @@ _CLOSED = "I/O operation on closed file."
 _MAX_PARTS_IN_FLIGHT = 8  # with 8 MiB parts: at most ~72 MiB held per writer
 _MIN_PART = 5 * 1024 * 1024  # S3's smallest part (all but the last)
 _MAX_PART = 5 * 1024 * 1024 * 1024
-
 
 
 class _PartBuffer:
@@ -58,7 +57,8 @@ class S3Writer(io.BufferedIOBase):
 
     Parameters
     ----------
-    client : S3Client
+    transport : Transport
+        The client's transport (``S3Client.transport``).
     bucket, key : str
     storage_class : str, optional
         e.g. ``"STANDARD_IA"``.
@@ -70,7 +70,7 @@ class S3Writer(io.BufferedIOBase):
 
     def __init__(
         self,
-        client: "S3Client",
+        transport: Transport,
         bucket: str,
         key: str,
         *,
@@ -78,10 +78,7 @@ class S3Writer(io.BufferedIOBase):
         part_size: Optional[int] = None,
         max_parts_in_flight: Optional[int] = None,
     ) -> None:
-        if not bucket:
-            raise ValueError("Bucket should be specified")
-        if not key:
-            raise ValueError("Key should be specified")
+        check_bucket_key(bucket, key)
         if part_size is not None and (
             isinstance(part_size, bool) or not isinstance(part_size, int) or not _MIN_PART <= part_size <= _MAX_PART
         ):
@@ -90,21 +87,18 @@ class S3Writer(io.BufferedIOBase):
             isinstance(max_parts_in_flight, bool) or not isinstance(max_parts_in_flight, int) or max_parts_in_flight < 1
         ):
             raise ValueError(f"max_parts_in_flight must be a positive int, not {max_parts_in_flight!r}")
-        config = client.s3client_config
-        self._client = client
+        config = transport.config
+        self._transport = transport
         self.bucket = bucket
         self.key = key
-        self._extra = dict(client._extra)
-        if storage_class:
-            self._extra["StorageClass"] = storage_class
+        self._storage_class = storage_class or None
         self._part_size = part_size or config.part_size
         limit = max_parts_in_flight or max(2, min(config.max_concurrency, _MAX_PARTS_IN_FLIGHT))
         self._slots = threading.BoundedSemaphore(limit)
         self._buffer: Optional[_PartBuffer] = None  # the part being filled (made on first write)
         self._position = 0
-        self._upload_id: Optional[str] = None
+        self._upload: Optional[MultipartUpload] = None  # once the first part is full
         self._next_part = 1
-        self._etags: Dict[int, str] = {}
         self._futures: List = []
         self._error: Optional[BaseException] = None
         self._closed = False
@@ -204,12 +198,10 @@ class S3Writer(io.BufferedIOBase):
                 return
             self._closed = True
             try:
-                if self._upload_id is None:
+                if self._upload is None:
                     part, self._buffer = self._buffer, None
                     body = b"" if part is None else part.to_bytes()
-                    self._client._call(
-                        "put_object", self.bucket, self.key, Bucket=self.bucket, Key=self.key, Body=body, **self._extra
-                    )
+                    self._transport.put_object(self.bucket, self.key, body, storage_class=self._storage_class)
                     return
                 if self._buffer is not None and self._buffer.filled:
                     part, self._buffer = self._buffer, None
@@ -218,18 +210,8 @@ class S3Writer(io.BufferedIOBase):
                 self._wait_for_parts()
                 if self._error is not None:
                     raise self._error
-                parts = [{"ETag": self._etags[n], "PartNumber": n} for n in sorted(self._etags)]
-                self._client._call(
-                    "complete_multipart_upload",
-                    self.bucket,
-                    self.key,
-                    Bucket=self.bucket,
-                    Key=self.key,
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": parts},
-                    **self._request_payer(),
-                )
-                self._upload_id = None
+                self._upload.complete()
+                self._upload = None
             except BaseException:
                 self._abort()
                 raise
@@ -256,7 +238,7 @@ class S3Writer(io.BufferedIOBase):
             if not self._closed:
                 self._closed = True
                 self._buffer = None
-                if self._upload_id is not None:
+                if self._upload is not None:
                     log.warning("s3://%s/%s: S3Writer garbage-collected unclosed; upload discarded", self.bucket, self.key)
                     self._abort()
         except Exception:
@@ -267,12 +249,9 @@ class S3Writer(io.BufferedIOBase):
 
     # -- multipart -----------------------------------------------------------------
 
-    def _request_payer(self) -> Dict[str, str]:
-        return {k: v for k, v in self._extra.items() if k == "RequestPayer"}
-
     def _submit_part(self, part: bytes) -> None:
-        if self._upload_id is None:
-            self._upload_id = self._client._create_multipart_upload(self.bucket, self.key, **self._extra)
+        if self._upload is None:
+            self._upload = MultipartUpload.start(self._transport, self.bucket, self.key, storage_class=self._storage_class)
         self._slots.acquire()  # bounded memory: wait while the limit of parts is in flight
         if self._error is not None:
             self._slots.release()
@@ -280,7 +259,7 @@ class S3Writer(io.BufferedIOBase):
         number = self._next_part
         self._next_part += 1
         try:
-            future = self._client._executor().submit(self._upload_part, number, part)
+            future = self._transport.executor().submit(self._upload_part, number, part)
         except BaseException:
             self._slots.release()
             raise
@@ -288,18 +267,7 @@ class S3Writer(io.BufferedIOBase):
 
     def _upload_part(self, number: int, part: bytes) -> None:
         try:
-            response = self._client._call(
-                "upload_part",
-                self.bucket,
-                self.key,
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=part,  # bytes: some HTTP stacks (moto, werkzeug) reject bytearray bodies
-                **self._request_payer(),
-            )
-            self._etags[number] = response["ETag"]
+            self._upload.upload_part(number, part)
         except BaseException as exc:
             if self._error is None:
                 self._error = exc
@@ -317,6 +285,6 @@ class S3Writer(io.BufferedIOBase):
     def _abort(self) -> None:
         """Abort the multipart upload (after in-flight parts finish, so none survives it)."""
         self._wait_for_parts()
-        upload_id, self._upload_id = self._upload_id, None
-        if upload_id is not None:
-            self._client._abort_multipart_upload(self.bucket, self.key, upload_id)
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            upload.abort()

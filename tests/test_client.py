@@ -21,8 +21,9 @@ from s3io import (
     S3ReaderConstructor,
     parse_s3_uri,
 )
-from s3io._client import _client_error
-from s3io._stream import normalize_etag
+from s3io._errors import translate
+from s3io._multipart import copy_in_parts
+from s3io._pin import normalize_etag
 
 BUCKET = "unit-bucket"
 REGION = "us-east-1"
@@ -55,11 +56,34 @@ def test_list_objects_is_paginated_and_lazy(aws, client):
         aws.put_object(Bucket=BUCKET, Key=f"p/{i}", Body=b"x" * i)
     aws.put_object(Bucket=BUCKET, Key="other", Body=b"")
     listing = client.list_objects(BUCKET, "p/", max_keys=2)
-    infos = list(listing)
+    assert listing.continuation_token is None and not listing.complete  # nothing fetched yet
+    pages = list(listing)
+    assert [len(page.object_info) for page in pages] == [2, 2, 2, 1] and listing.complete
+    infos = [o for page in pages for o in page.object_info]
     assert [o.key for o in infos] == [f"p/{i}" for i in range(7)]
     assert [o.size for o in infos] == list(range(7))
     assert all(isinstance(o, ObjectInfo) and o.etag.startswith('"') for o in infos)
-    assert len(list(client.list_objects(BUCKET))) == 8
+    assert _keys(client.list_objects(BUCKET)) == ["other"] + [f"p/{i}" for i in range(7)]  # key order
+
+
+def test_list_objects_with_a_delimiter_rolls_up_common_prefixes(aws, client):
+    for key in ("top.bin", "a/1", "a/2", "b/c/3"):
+        aws.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    (page,) = client.list_objects(BUCKET, delimiter="/")
+    assert [o.key for o in page.object_info] == ["top.bin"]
+    assert page.common_prefixes == ["a/", "b/"]
+    (page,) = client.list_objects(BUCKET, prefix="b/", delimiter="/")
+    assert page.object_info == [] and page.common_prefixes == ["b/c/"]
+
+
+@pytest.mark.parametrize("max_keys", [0, 1001, -1, True, 2.0])
+def test_list_objects_rejects_bad_max_keys(client, max_keys):
+    with pytest.raises(ValueError, match=f"max_keys must be an int between 1 and 1000, not {max_keys!r}"):
+        client.list_objects(BUCKET, max_keys=max_keys)
+
+
+def _keys(listing):
+    return [o.key for page in listing for o in page.object_info]
 
 
 def test_put_get_delete_copy(aws, client):
@@ -127,7 +151,7 @@ def test_if_match_with_a_stale_etag_raises_object_changed(aws, client):
 
 def test_reader_pins_the_listed_version(aws, client):
     aws.put_object(Bucket=BUCKET, Key="k", Body=b"one")
-    (info,) = client.list_objects(BUCKET)
+    ((info,),) = [page.object_info for page in client.list_objects(BUCKET)]
     aws.put_object(Bucket=BUCKET, Key="k", Body=b"two")  # same size, new ETag
     for constructor in (S3ReaderConstructor.sequential(), S3ReaderConstructor.range_based()):
         with pytest.raises(S3ObjectChanged):
@@ -193,13 +217,13 @@ def test_threads_share_one_client(aws, client):
 def test_fork_child_rebuilds_its_client_and_parent_keeps_its_own(aws, client):
     aws.put_object(Bucket=BUCKET, Key="k", Body=b"forked")
     assert client.get_object(BUCKET, "k").read() == b"forked"
-    parent_boto = client._boto
+    parent_boto = client.transport.boto3_client
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: must not reuse the parent's boto3 client or pool
         status = 1
         try:
-            ok = client._boto is not parent_boto and client.get_object(BUCKET, "k").read() == b"forked"
+            ok = client.transport.boto3_client is not parent_boto and client.get_object(BUCKET, "k").read() == b"forked"
             os.write(write_fd, b"ok" if ok else b"bad")
             status = 0
         finally:
@@ -209,7 +233,7 @@ def test_fork_child_rebuilds_its_client_and_parent_keeps_its_own(aws, client):
     answer = os.read(read_fd, 16)
     os.close(read_fd)
     assert status == 0 and answer == b"ok"
-    assert client._boto is parent_boto
+    assert client.transport.boto3_client is parent_boto
     assert client.get_object(BUCKET, "k").read() == b"forked"
 
 
@@ -227,14 +251,14 @@ def test_endpoint_resolution(monkeypatch):
 
 
 def test_custom_endpoint_uses_path_style_and_aws_does_not():
-    custom = S3Client(REGION, endpoint="http://127.0.0.1:9")._boto
+    custom = S3Client(REGION, endpoint="http://127.0.0.1:9").transport.boto3_client
     assert custom.meta.config.s3["addressing_style"] == "path"
     assert custom.meta.config.request_checksum_calculation == "when_required"
     assert custom.meta.config.response_checksum_validation == "when_required"
     assert custom.meta.config.retries["mode"] == "standard"
-    aws = S3Client(REGION)._boto
+    aws = S3Client(REGION).transport.boto3_client
     assert aws.meta.config.s3["addressing_style"] == "auto"
-    forced = S3Client(REGION, s3client_config=S3ClientConfig(force_path_style=True))._boto
+    forced = S3Client(REGION, s3client_config=S3ClientConfig(force_path_style=True)).transport.boto3_client
     assert forced.meta.config.s3["addressing_style"] == "path"
     assert forced.meta.config.retries["total_max_attempts"] == 10
 
@@ -274,7 +298,7 @@ def test_errors_map_by_status_and_code(status, code, expected):
         "Error": {"Code": code, "Message": "The specified bucket does not exist"},  # text must not matter
         "ResponseMetadata": {"HTTPStatusCode": status, "RequestId": "req-1"},
     }
-    exc = _client_error(ClientError(response, "GetObject"), "GetObject", "b", "k")
+    exc = translate(ClientError(response, "GetObject"), "GetObject", "b", "k")
     assert type(exc) is expected
     assert (exc.status, exc.code, exc.request_id) == (status, code, "req-1")
 
@@ -298,10 +322,10 @@ def test_unsigned_and_requester_pays_configs(aws):
     import botocore
 
     unsigned = S3Client(REGION, s3client_config=S3ClientConfig(unsigned=True))
-    assert unsigned._boto.meta.config.signature_version is botocore.UNSIGNED
+    assert unsigned.transport.boto3_client.meta.config.signature_version is botocore.UNSIGNED
     payer = S3Client(REGION, s3client_config=S3ClientConfig(requester_pays=True))
     sent = []
-    payer._boto.meta.events.register("before-send.s3", lambda request, **kw: sent.append(dict(request.headers)))
+    payer.transport.boto3_client.meta.events.register("before-send.s3", lambda request, **kw: sent.append(dict(request.headers)))
     aws.put_object(Bucket=BUCKET, Key="k", Body=b"x")
     payer.head_object(BUCKET, "k")
     assert payer.get_object(BUCKET, "k").read() == b"x"
@@ -348,7 +372,7 @@ def test_sequential_reader_over_a_plain_get_stream_callable():
 def test_fast_timestamp_parser_agrees_with_botocore(value):
     import botocore.parsers
 
-    from s3io._client import _parse_timestamp
+    from s3io._transport import _parse_timestamp
 
     assert _parse_timestamp(value) == botocore.parsers.DEFAULT_TIMESTAMP_PARSER(value)
 
@@ -359,7 +383,7 @@ def test_last_modified_comes_through_the_fast_parser(aws, client):
     aws.put_object(Bucket=BUCKET, Key="k", Body=b"x")
     expected = aws.head_object(Bucket=BUCKET, Key="k")["LastModified"]
     assert client.head_object(BUCKET, "k").last_modified == int(expected.timestamp())
-    (info,) = client.list_objects(BUCKET)
+    ((info,),) = [page.object_info for page in client.list_objects(BUCKET)]
     assert abs(info.last_modified - int(expected.timestamp())) <= 1
     assert isinstance(expected, datetime.datetime)
 
@@ -368,27 +392,26 @@ def test_multipart_copy_for_objects_above_the_copy_limit(aws, client, monkeypatc
     data = os.urandom(11 * 1024 * 1024)
     aws.put_object(Bucket=BUCKET, Key="src", Body=data)
     head = client.head_object(BUCKET, "src")
-    client._multipart_copy(BUCKET, "src", BUCKET, "dst", head.size, head.etag, part_size=5 * 1024 * 1024)
+    copy_in_parts(client.transport, BUCKET, "src", BUCKET, "dst", head.size, head.etag, part_size=5 * 1024 * 1024)
     assert aws.get_object(Bucket=BUCKET, Key="dst")["Body"].read() == data
     assert aws.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     # copy_object falls back to it when CopyObject refuses the size.
     import s3io._client as client_module
 
     calls = []
-    real = client_module.S3Client._multipart_copy
-    monkeypatch.setattr(client_module, "_MAX_SINGLE_COPY", 1024)
-    real_call = client._call
+    monkeypatch.setattr(client_module, "MAX_SINGLE_COPY", 1024)
+    real_call = client.transport.call
 
     def refuse_copy(operation, bucket, key, **kwargs):
         if operation == "copy_object":
             raise S3Exception("too large", status=400, code="InvalidRequest")
         return real_call(operation, bucket, key, **kwargs)
 
-    monkeypatch.setattr(client, "_call", refuse_copy)
+    monkeypatch.setattr(client.transport, "call", refuse_copy)
     monkeypatch.setattr(
-        client_module.S3Client,
-        "_multipart_copy",
-        lambda self, *a, **kw: calls.append(a) or real(self, *a, part_size=5 * 1024 * 1024),
+        client_module,
+        "copy_in_parts",
+        lambda *a, **kw: calls.append(a) or copy_in_parts(*a, part_size=5 * 1024 * 1024),
     )
     client.copy_object(BUCKET, "src", BUCKET, "dst2")
     assert calls and aws.get_object(Bucket=BUCKET, Key="dst2")["Body"].read() == data
@@ -399,7 +422,7 @@ def test_failed_multipart_copy_leaves_no_upload(aws, client):
     aws.put_object(Bucket=BUCKET, Key="src", Body=data)
     aws.delete_object(Bucket=BUCKET, Key="src")  # the parts cannot be copied
     with pytest.raises(S3Exception):
-        client._multipart_copy(BUCKET, "src", BUCKET, "dst", len(data), "", part_size=5 * 1024 * 1024)
+        copy_in_parts(client.transport, BUCKET, "src", BUCKET, "dst", len(data), "", part_size=5 * 1024 * 1024)
     assert aws.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 

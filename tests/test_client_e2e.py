@@ -6,6 +6,7 @@ from functools import partial
 import pytest
 
 import s3io._stream as stream_module
+import s3io._transport as transport_module
 from s3io import S3Client, S3ClientConfig, S3Exception, S3ObjectNotFound, S3ReaderConstructor
 from s3io.s3reader import SequentialS3Reader
 from s3io.testing.faultproxy import FaultProxy
@@ -25,7 +26,7 @@ def test_object_round_trip_and_metadata(client, bucket):
     client.copy_object(bucket, "dir/a", bucket, "dir/b")
     head = client.head_object(bucket, "dir/b")
     assert head.size == len(data) and head.etag.startswith('"')
-    listed = {o.key: o for o in client.list_objects(bucket, "dir/")}
+    listed = {o.key: o for page in client.list_objects(bucket, "dir/") for o in page.object_info}
     assert set(listed) == {"dir/a", "dir/b"}
     assert listed["dir/a"].size == len(data)
     assert listed["dir/a"].etag == client.head_object(bucket, "dir/a").etag  # same form everywhere
@@ -40,13 +41,13 @@ def test_ranged_gets_read_from_the_socket_into_the_callers_memory(client, bucket
     with client.put_object(bucket, "k") as writer:
         writer.write(data)
     fast = []
-    real_init = stream_module._Body.__init__
+    real_init = transport_module.ResponseBody.__init__
 
     def spy(self, body):
         real_init(self, body)
         fast.append(self._fp is not None)
 
-    monkeypatch.setattr(stream_module._Body, "__init__", spy)
+    monkeypatch.setattr(transport_module.ResponseBody, "__init__", spy)
     dest = bytearray(MIB)
     client.fetch_into(bucket, "k", 5, dest)
     assert dest == data[5 : 5 + MIB]
@@ -146,7 +147,7 @@ def test_multipart_upload_and_abort_on_both_servers(s3_server, bucket):
             writer.write(data)
             raise KeyError("stop")
     assert boto.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert [o.key for o in client.list_objects(bucket)] == ["mp"]
+    assert [o.key for page in client.list_objects(bucket) for o in page.object_info] == ["mp"]
 
 
 def test_sequential_whole_object_readinto_goes_straight_into_the_callers_buffer(client, bucket):

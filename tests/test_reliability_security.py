@@ -121,7 +121,7 @@ def _run_everything(proxy_url, bucket):
         writer.write(b"hello")
     objects.append(writer)
     objects.append(client.head_object(bucket, "multi"))
-    objects += list(client.list_objects(bucket))
+    objects += [info for page in client.list_objects(bucket) for info in page.object_info]
     for constructor in (None, S3ReaderConstructor.range_based(), S3ReaderConstructor.sequential()):
         reader = client.get_object(bucket, "multi", reader_constructor=constructor)
         assert reader.read(1000) == data[:1000]
@@ -302,7 +302,7 @@ def tls_server(tmp_path):
 def test_tls_verification_is_on_by_default(tls_server):
     endpoint, handshakes = tls_server
     client = S3Client("us-east-1", endpoint=endpoint, s3client_config=S3ClientConfig(max_attempts=1, connect_timeout=2, read_timeout=2))
-    verify = client._boto._endpoint.http_session._verify
+    verify = client.transport.boto3_client._endpoint.http_session._verify
     assert verify is True or (isinstance(verify, str) and os.path.exists(verify)), f"botocore verify={verify!r}"
     with pytest.raises(S3Exception) as excinfo:
         client.head_object("bucket", "key")
@@ -357,8 +357,8 @@ def test_keys_are_passed_exactly(s3_server, bucket, key):
     # The store holds exactly this key, and nothing else.
     listed = [o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert listed == [key]
-    assert [info.key for info in client.list_objects(bucket)] == [key]
-    assert [info.key for info in client.list_objects(bucket, prefix=key)] == [key]
+    assert [info.key for page in client.list_objects(bucket) for info in page.object_info] == [key]
+    assert [info.key for page in client.list_objects(bucket, prefix=key) for info in page.object_info] == [key]
     for constructor in (None, S3ReaderConstructor.range_based()):
         assert client.get_object(bucket, key, reader_constructor=constructor).read() == payload
     assert client.head_object(bucket, key).size == len(payload)
@@ -381,7 +381,7 @@ def test_dotdot_key_is_not_another_object(moto_server):
         writer.write(b"dotted")
     assert client.get_object(bucket, "b").read() == b"plain b"
     assert client.get_object(bucket, "a/../b").read() == b"dotted"
-    assert sorted(info.key for info in client.list_objects(bucket)) == ["a/../b", "b"]
+    assert sorted(info.key for page in client.list_objects(bucket) for info in page.object_info) == ["a/../b", "b"]
 
 
 def test_checkpoint_under_an_odd_prefix(moto_server):
@@ -393,5 +393,5 @@ def test_checkpoint_under_an_odd_prefix(moto_server):
     out = {"w": torch.zeros(10)}
     dcp.load(out, storage_reader=S3StorageReader("us-east-1", path, s3client_config=config))
     assert torch.equal(out["w"], sd["w"])
-    keys = [info.key for info in S3Client("us-east-1", s3client_config=config).list_objects(bucket)]
+    keys = [info.key for page in S3Client("us-east-1", s3client_config=config).list_objects(bucket) for info in page.object_info]
     assert keys and all(k.startswith("runs/a b+c%/../ckpt ✓/") for k in keys), keys

@@ -34,10 +34,10 @@ class Spy:
         self.active = 0
         self.max_active = 0
         self._lock = threading.Lock()
-        self._real = client._call
+        self._real = client.transport.call
         self._fail = fail
         self._delay = delay
-        client._call = self
+        client.transport.call = self
 
     def __call__(self, operation, bucket, key, **kwargs):
         with self._lock:
@@ -116,7 +116,7 @@ def test_exact_multiple_of_the_part_size(aws):
 def test_parts_in_flight_are_bounded(aws):
     client = _client(max_concurrency=8)
     spy = Spy(client, delay=0.1)
-    writer = S3Writer(client, BUCKET, "bounded", part_size=PART, max_parts_in_flight=2)
+    writer = S3Writer(client.transport, BUCKET, "bounded", part_size=PART, max_parts_in_flight=2)
     chunk = b"x" * MIB
     for _ in range(6 * 5):
         writer.write(chunk)
@@ -222,7 +222,7 @@ def test_write_rejects_str(aws):
 def test_uploads_send_no_checksum_headers(aws):
     client = _client()
     sent = []
-    client._boto.meta.events.register("before-send.s3", lambda request, **kw: sent.append(dict(request.headers)))
+    client.transport.boto3_client.meta.events.register("before-send.s3", lambda request, **kw: sent.append(dict(request.headers)))
     with client.put_object(BUCKET, "small") as writer:
         writer.write(b"x" * 100)
     with client.put_object(BUCKET, "multi") as writer:

@@ -73,7 +73,7 @@ def run(ctx) -> SuiteResult:
     del payload
 
     client = S3Client(region, endpoint=server.endpoint_url)
-    info = next(o for o in client.list_objects(bucket, key) if o.key == key)
+    info = next(o for page in client.list_objects(bucket, key) for o in page.object_info if o.key == key)
     s3tc = _s3tc_client(region, server.endpoint_url)
     if s3tc is None:
         result.notes.append("s3torchconnector not installed (pip install s3io[compare]): its columns are missing")

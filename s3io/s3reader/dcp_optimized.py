@@ -20,6 +20,7 @@ from collections import defaultdict
 from io import SEEK_CUR, SEEK_END, SEEK_SET
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
+from .._checks import check_bucket_key, writable_view
 from .._core import ItemRange, ItemViewBuffer, coalesce_ranges
 from .s3reader import S3Reader, _ObjectReader
 
@@ -88,10 +89,7 @@ class DCPOptimizedS3Reader(_ObjectReader):
         get_stream: Callable,
         max_gap_size: Union[int, float] = DEFAULT_MAX_GAP_SIZE,
     ) -> None:
-        if not bucket:
-            raise ValueError("Bucket should be specified")
-        if not key:
-            raise ValueError("Key should be specified")
+        check_bucket_key(bucket, key)
         if not item_ranges:
             raise ValueError("item_ranges must be a non-empty List[ItemRange] object")
         self._max_gap_size = _check_max_gap_size(max_gap_size)
@@ -287,20 +285,13 @@ class DCPOptimizedS3Reader(_ObjectReader):
             An error occurred accessing S3.
         """
         self._check_open()
-        try:
-            view = memoryview(buf)
-        except TypeError:
-            raise TypeError(f"readinto() argument must be a writable bytes-like object, not {type(buf).__name__}") from None
-        if view.readonly:
-            raise TypeError(f"readinto() argument must be a writable bytes-like object, not {type(buf).__name__}")
+        view = writable_view(buf)
         size = view.nbytes
         if size == 0:
             return 0
         index = self._find_item(self._position, self._position + size)
         buffer = self._buffer_for(index)
         buffer.seek(self._position - self._items[index].start)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
         n = buffer.readinto(view)
         self._position += n
         return n

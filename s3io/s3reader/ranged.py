@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from .._checks import check_bucket_key, writable_view
+from .._exceptions import S3IncompleteRead
 from .._core import RangeBuffer
-from .._stream import allocate, finish_bytes
-from .s3reader import _ObjectReader, _check_read_size, _writable_view
+from .._memory import allocate, finish_bytes
+from .s3reader import _ObjectReader, _check_read_size
 
 __all__ = ["RangedS3Reader"]
 
@@ -45,8 +47,7 @@ class RangedS3Reader(_ObjectReader):
         get_stream: Callable,
         buffer_size: Optional[int] = None,
     ) -> None:
-        if not bucket:
-            raise ValueError("Bucket should be specified")
+        check_bucket_key(bucket, key)
         if buffer_size is not None and (
             isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 0
         ):
@@ -90,8 +91,6 @@ class RangedS3Reader(_ObjectReader):
             if close is not None:
                 close()
         if offset != len(view):
-            from .._exceptions import S3IncompleteRead
-
             raise S3IncompleteRead(
                 f"s3://{self._bucket}/{self._key}: stream ended at byte {start + offset} of {start}-{end}",
                 bucket=self._bucket,
@@ -127,7 +126,7 @@ class RangedS3Reader(_ObjectReader):
     def readinto(self, buf) -> int:
         """Read up to ``len(buf)`` bytes into the writable ``buf``; return the count, 0 at the end."""
         self._check_open()
-        view = _writable_view(buf)
+        view = writable_view(buf)
         if len(view) == 0:
             return 0
         return self._buffer().readinto(view)

@@ -128,18 +128,6 @@ def _check_read_size(size) -> int:
     return -1 if size < 0 else size
 
 
-def _writable_view(buf) -> memoryview:
-    try:
-        view = memoryview(buf)
-    except TypeError:
-        raise TypeError(f"readinto() needs a writable bytes-like object, not {type(buf).__name__}") from None
-    if view.readonly:
-        raise TypeError(f"readinto() needs a writable bytes-like object, not {type(buf).__name__}")
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
 def _seek_target(offset, whence, position: int, get_size) -> int:
     """The absolute target of a seek (not yet clamped); ``get_size()`` only for SEEK_END."""
     if isinstance(offset, bool) or not isinstance(offset, int):

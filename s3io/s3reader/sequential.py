@@ -6,8 +6,10 @@ import threading
 import zlib
 from typing import Callable, List, Optional, Tuple
 
-from .._stream import allocate, finish_bytes
-from .s3reader import _ObjectReader, _check_read_size, _seek_target, _writable_view
+from .._checks import check_bucket_key, writable_view
+from .._exceptions import S3Exception, S3IncompleteRead
+from .._memory import allocate, finish_bytes
+from .s3reader import _ObjectReader, _check_read_size, _seek_target
 
 __all__ = ["SequentialS3Reader"]
 
@@ -66,8 +68,6 @@ class _Download:
                 finally:
                     stream.close()
                 if got != end - start:
-                    from .._exceptions import S3IncompleteRead
-
                     raise S3IncompleteRead(
                         f"s3://{self._handle.bucket}/{self._handle.key}: first part ended at {got} of {end} bytes",
                         bucket=self._handle.bucket,
@@ -110,8 +110,6 @@ class _Download:
         """Compare the CRC32 of the whole buffer with the server's full-object CRC32."""
         self._fold_crc()
         if self._crc_done == self.size and self._crc != self._expected_crc:
-            from .._exceptions import S3Exception
-
             error = S3Exception(
                 f"s3://{self._handle.bucket}/{self._handle.key}: full-object CRC32 mismatch "
                 f"(server {self._expected_crc:08x}, received bytes {self._crc:08x})",
@@ -193,8 +191,7 @@ class SequentialS3Reader(_ObjectReader):
         *,
         part_size: Optional[int] = None,
     ) -> None:
-        if not bucket:
-            raise ValueError("Bucket should be specified")
+        check_bucket_key(bucket, key)
         if part_size is not None and (isinstance(part_size, bool) or not isinstance(part_size, int) or part_size < 1):
             raise ValueError(f"part_size must be a positive int, not {part_size!r}")
         self._bucket = bucket
@@ -321,7 +318,7 @@ class SequentialS3Reader(_ObjectReader):
             The number of bytes read; 0 at the end of the object.
         """
         self._check_open()
-        view = _writable_view(buf)
+        view = writable_view(buf)
         if len(view) == 0:
             return 0
         start = self._position
