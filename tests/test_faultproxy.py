@@ -765,6 +765,135 @@ def test_bad_arguments_name_the_value(proxy):
         proxy.set_random_faults(2)
     with pytest.raises(ValueError, match="kinds must be"):
         proxy.set_random_faults(0.1, kinds=["explode"])
+    with pytest.raises(ValueError, match="seconds must be a number >= 0, not -0.02"):
+        proxy.set_latency(-0.02)
+    with pytest.raises(ValueError, match="max_in_flight must be an int >= 1 or None, not 0"):
+        proxy.set_throttle(0)
+
+
+# --------------------------------------------------------------------------- latency and throttling
+
+
+def _timed_gets(port, n, path="/zeros?1000"):
+    """``n`` GETs on ``n`` connections, sent at once: (seconds for all, [(status, body, headers)])."""
+    barrier = threading.Barrier(n + 1)
+    answers = [None] * n
+
+    def get(i):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.connect()  # connected before the barrier: only the requests race
+        barrier.wait()
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        answers[i] = (resp.status, resp.read(), dict(resp.getheaders()))
+        conn.close()
+
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.monotonic()
+    for t in threads:
+        t.join()
+    return time.monotonic() - started, answers
+
+
+def _wait_idle(proxy):
+    deadline = time.monotonic() + 5
+    while proxy.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)  # the slot is given back just after the client has its answer
+    assert proxy.in_flight == 0
+
+
+def test_latency_holds_each_response_on_its_own(scripted):
+    delay = 0.3  # long enough to tell overlapping holds from serial ones on a loaded machine
+    with FaultProxy(scripted) as proxy:
+        proxy.set_latency(delay)
+        elapsed, answers = _timed_gets(proxy.port, 1)
+        assert answers == [(200, bytes(1000), answers[0][2])]
+        assert delay <= elapsed < delay + 1.0
+        assert proxy.log[0].duration >= delay
+
+        # 16 requests at once wait at the same time: about one delay in all, not 16.
+        elapsed, answers = _timed_gets(proxy.port, 16)
+        assert [a[:2] for a in answers] == [(200, bytes(1000))] * 16
+        assert delay <= elapsed < 16 * delay / 3
+        assert proxy.peak_in_flight == 16 and proxy.requests_forwarded == 17
+
+        proxy.clear_faults()  # latency is not a fault: it stays
+        assert proxy.latency == delay
+        proxy.set_latency(0)
+        elapsed, _ = _timed_gets(proxy.port, 1)
+        assert elapsed < delay
+        _wait_idle(proxy)
+
+
+def test_latency_hold_ends_at_stop_and_leaves_nothing_behind(rclone_server):
+    # rclone, not the scripted upstream: its server threads and sockets are not in this process.
+    bucket = _rclone_bucket(rclone_server)
+    threads, fds = threading.active_count(), _open_fds()
+    proxy = FaultProxy(rclone_server.endpoint_url).start()
+    proxy.set_latency(60)
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    sock.sendall(b"HEAD /%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % bucket.encode())
+    deadline = time.monotonic() + 5
+    while proxy.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.in_flight == 1
+    started = time.monotonic()
+    proxy.stop()
+    assert time.monotonic() - started < 2
+    assert sock.recv(100) == b""  # never answered
+    sock.close()
+    assert threading.active_count() == threads and _open_fds() == fds
+
+
+def test_throttle_rejects_requests_above_the_limit_with_slow_down(scripted):
+    with FaultProxy(scripted) as proxy:
+        proxy.set_latency(0.5)  # keeps the first four in flight while the others arrive
+        proxy.set_throttle(4)
+        _, answers = _timed_gets(proxy.port, 10)
+        assert sorted(a[0] for a in answers) == [200] * 4 + [503] * 6
+        assert (proxy.requests_forwarded, proxy.requests_rejected, proxy.peak_in_flight) == (4, 6, 4)
+        assert proxy.count(fault="throttle", status=503) == 6 and proxy.faults_injected == {"throttle": 6}
+
+        status, body, headers = next(a for a in answers if a[0] == 503)
+        request_id = headers["x-amz-request-id"]
+        assert b"<Code>SlowDown</Code>" in body and b"<RequestId>%s</RequestId>" % request_id.encode() in body
+        assert len({a[2]["x-amz-request-id"] for a in answers if a[0] == 503}) == 6  # one id per answer
+
+        _wait_idle(proxy)
+        proxy.set_latency(0)
+        _, answers = _timed_gets(proxy.port, 4)  # at the limit, not above it: all forwarded
+        assert [a[0] for a in answers] == [200] * 4 and proxy.requests_rejected == 6
+
+        proxy.reset_stats()
+        proxy.clear_faults()  # ends throttling
+        assert proxy.max_in_flight is None
+        _, answers = _timed_gets(proxy.port, 8)
+        assert [a[0] for a in answers] == [200] * 8
+        assert (proxy.requests_forwarded, proxy.requests_rejected) == (8, 0)
+
+
+def test_throttled_client_sees_slow_down_and_gets_through_once_the_store_is_free(proxy, client, bucket, obj):
+    key, data = obj
+    proxy.set_throttle(1)
+    proxy.stall_response(30, after_bytes=None, kind="GetObject")
+    holder = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    holder.sendall(b"GET /%s/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % (bucket.encode(), key.encode()))
+    deadline = time.monotonic() + 5
+    while proxy.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.in_flight == 1  # the stalled request holds the only slot
+    with pytest.raises(ClientError) as info:
+        client.get_object(Bucket=bucket, Key=key)
+    assert (_status(info.value), info.value.response["Error"]["Code"]) == (503, "SlowDown")
+    assert info.value.response["ResponseMetadata"]["RequestId"]
+    holder.close()  # ends the stall: the slot is free again
+    _wait_idle(proxy)
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    assert [(e.fault, e.status) for e in proxy.log] == [("stall", None), ("throttle", 503), (None, 200)]
+    assert (proxy.requests_forwarded, proxy.requests_rejected) == (2, 1)
 
 
 # --------------------------------------------------------------------------- no leaks
