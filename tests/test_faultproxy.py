@@ -798,11 +798,13 @@ def _timed_gets(port, n, path="/zeros?1000"):
     return time.monotonic() - started, answers
 
 
-def _wait_idle(proxy):
+def _wait_in_flight(proxy, n):
+    # A slot is taken when the request head arrives and given back just after
+    # the client has its answer: both a moment after what the client sees.
     deadline = time.monotonic() + 5
-    while proxy.in_flight and time.monotonic() < deadline:
-        time.sleep(0.01)  # the slot is given back just after the client has its answer
-    assert proxy.in_flight == 0
+    while proxy.in_flight != n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.in_flight == n
 
 
 def test_latency_holds_each_response_on_its_own(scripted):
@@ -825,7 +827,7 @@ def test_latency_holds_each_response_on_its_own(scripted):
         proxy.set_latency(0)
         elapsed, _ = _timed_gets(proxy.port, 1)
         assert elapsed < delay
-        _wait_idle(proxy)
+        _wait_in_flight(proxy, 0)
 
 
 def test_latency_hold_ends_at_stop_and_leaves_nothing_behind(rclone_server):
@@ -836,10 +838,7 @@ def test_latency_hold_ends_at_stop_and_leaves_nothing_behind(rclone_server):
     proxy.set_latency(60)
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
     sock.sendall(b"HEAD /%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % bucket.encode())
-    deadline = time.monotonic() + 5
-    while proxy.in_flight == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proxy.in_flight == 1
+    _wait_in_flight(proxy, 1)
     started = time.monotonic()
     proxy.stop()
     assert time.monotonic() - started < 2
@@ -862,7 +861,7 @@ def test_throttle_rejects_requests_above_the_limit_with_slow_down(scripted):
         assert b"<Code>SlowDown</Code>" in body and b"<RequestId>%s</RequestId>" % request_id.encode() in body
         assert len({a[2]["x-amz-request-id"] for a in answers if a[0] == 503}) == 6  # one id per answer
 
-        _wait_idle(proxy)
+        _wait_in_flight(proxy, 0)
         proxy.set_latency(0)
         _, answers = _timed_gets(proxy.port, 4)  # at the limit, not above it: all forwarded
         assert [a[0] for a in answers] == [200] * 4 and proxy.requests_rejected == 6
@@ -881,16 +880,13 @@ def test_throttled_client_sees_slow_down_and_gets_through_once_the_store_is_free
     proxy.stall_response(30, after_bytes=None, kind="GetObject")
     holder = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
     holder.sendall(b"GET /%s/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % (bucket.encode(), key.encode()))
-    deadline = time.monotonic() + 5
-    while proxy.in_flight == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proxy.in_flight == 1  # the stalled request holds the only slot
+    _wait_in_flight(proxy, 1)  # the stalled request holds the only slot
     with pytest.raises(ClientError) as info:
         client.get_object(Bucket=bucket, Key=key)
     assert (_status(info.value), info.value.response["Error"]["Code"]) == (503, "SlowDown")
     assert info.value.response["ResponseMetadata"]["RequestId"]
     holder.close()  # ends the stall: the slot is free again
-    _wait_idle(proxy)
+    _wait_in_flight(proxy, 0)
     assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
     assert [(e.fault, e.status) for e in proxy.log] == [("stall", None), ("throttle", 503), (None, 200)]
     assert (proxy.requests_forwarded, proxy.requests_rejected) == (2, 1)
