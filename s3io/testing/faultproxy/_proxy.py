@@ -6,22 +6,19 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Iterable, List, Optional
+from typing import Iterable, List, Optional
 from urllib.parse import urlsplit
 
 from s3io.testing.faultproxy import _http
 from s3io.testing.faultproxy._connection import Connection, ConnectionHooks, RequestPlan
-from s3io.testing.faultproxy._faults import Fault, FaultRules, Injection, Matcher, check_bytes
+from s3io.testing.faultproxy._faults import Fault, FaultRules, Injection, Matcher, Predicate, check_bytes
 from s3io.testing.faultproxy._listener import REFUSAL_MODES, Listener
 from s3io.testing.faultproxy._random import RandomFaults
 from s3io.testing.faultproxy._request import Request
 from s3io.testing.faultproxy._s3_errors import S3_ERRORS
 from s3io.testing.faultproxy._stats import LogEntry, ProxyStats
 
-
 log = logging.getLogger(__name__)
-
-Predicate = Optional[Callable[[Request], bool]]
 
 # The answer to a request over the throttle limit: what S3 sends when it sheds load.
 _THROTTLE = Injection("throttle", "error", dict(status=503, code=S3_ERRORS[503][0], message=S3_ERRORS[503][1]))
@@ -56,7 +53,10 @@ class FaultProxy:
     connections_refused : int
         Client connections refused by :meth:`refuse_connections`.
     requests_forwarded : int
-        Requests sent to the upstream server (not those the proxy answered itself).
+        Requests passed on to the upstream server, rather than answered by
+        the proxy itself (an injected error, a throttle 503). With
+        :attr:`requests_rejected`, the share rejected is
+        ``rejected / (forwarded + rejected)``.
     requests_rejected : int
         Requests answered ``503 SlowDown`` by :meth:`set_throttle`.
     in_flight : int
@@ -467,7 +467,7 @@ class FaultProxy:
 
     @property
     def requests_forwarded(self) -> int:
-        """Requests sent to the upstream server (not those the proxy answered itself)."""
+        """Requests passed on to the upstream server, rather than answered by the proxy itself."""
         return self._stats.requests_forwarded
 
     @property
