@@ -1,7 +1,7 @@
 # cython: binding=False, auto_pickle=False
-"""Compiled twin of the s3io core: range coalescing, the ranged read buffer and the item view buffer.
+"""Compiled twin of the s3io core: range coalescing, the ranged read buffer, the item view buffer, buffer copies.
 
-Built as ``s3io._core_c`` from this file and the three files it includes; one
+Built as ``s3io._core_c`` from this file and the four files it includes; one
 module, so the pieces share C-level helpers.  ``s3io/_core_py.py`` is the
 pure-Python twin with the same names, signatures and error messages (built by
 :mod:`s3io._core_errors`).  Import through :mod:`s3io._core`.
@@ -15,7 +15,7 @@ call cheaper than cyfunctions, which matters for 4 KiB ``readinto`` calls.
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_IsContiguous, PyBuffer_Release
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_IsContiguous, PyBuffer_Release
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_Clear, PyErr_ExceptionMatches
@@ -47,6 +47,7 @@ __all__ = [
     "RangeBuffer",
     "RangeGroup",
     "coalesce_ranges",
+    "copy_into",
 ]
 
 DEFAULT_BUFFER_SIZE = 8 * 1024 * 1024  # RangedS3Reader's documented default: 8 MiB
@@ -90,15 +91,19 @@ cdef int64_t _read_size(object size) except? -2:
     return result
 
 
-cdef int _acquire_destination(object buf, Py_buffer *view) except -1:
+cdef int _acquire_destination(object buf, Py_buffer *view, str what="readinto()") except -1:
     """Acquire ``buf`` as a writable C-contiguous buffer or raise the shared TypeError."""
     if _get_buffer(buf, view, PyBUF_WRITABLE) == 0:
         return 0
     if (PyErr_ExceptionMatches(BufferError) or PyErr_ExceptionMatches(TypeError)
             or PyErr_ExceptionMatches(ValueError)):
         PyErr_Clear()
-        raise errors.readinto_destination(buf)
+        raise errors.readinto_destination(buf, what)
     return -1  # anything else (MemoryError, ...) propagates unchanged: it is still set
+
+
+cdef inline void _copy_bytes(unsigned char *dest, const unsigned char *src, Py_ssize_t n) noexcept nogil:
+    memmove(dest, src, <size_t>n)
 
 
 cdef object _byte_view(object obj):
@@ -112,3 +117,4 @@ cdef object _byte_view(object obj):
 include "coalesce.pxi"
 include "range_buffer.pxi"
 include "view_buffer.pxi"
+include "copy.pxi"

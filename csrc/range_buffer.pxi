@@ -1,10 +1,6 @@
 # Ranged read buffer: the RangedS3Reader buffering policy.  Included by _core_c.pyx.
 
 
-cdef inline void _copy_bytes(unsigned char *dest, const unsigned char *src, Py_ssize_t n) noexcept nogil:
-    memmove(dest, src, <size_t>n)
-
-
 cdef class RangeBuffer:
     """The RangedS3Reader buffering policy over a byte source, with its own position.
 

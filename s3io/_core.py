@@ -14,6 +14,7 @@ __all__ = [
     "RangeBuffer",
     "RangeGroup",
     "coalesce_ranges",
+    "copy_into",
 ]
 
 if os.environ.get("S3IO_NO_EXTENSIONS") == "1":
@@ -38,3 +39,4 @@ ItemViewBuffer = _impl.ItemViewBuffer
 RangeBuffer = _impl.RangeBuffer
 RangeGroup = _impl.RangeGroup
 coalesce_ranges = _impl.coalesce_ranges
+copy_into = _impl.copy_into

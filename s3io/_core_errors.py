@@ -20,6 +20,7 @@ __all__ = [
     "not_a_range",
     "out_of_range",
     "readinto_destination",
+    "short_destination",
     "unsorted_ranges",
     "unusable_segment",
 ]
@@ -129,11 +130,16 @@ def readinto_destination(obj, what="readinto()"):
     return TypeError(f"{what} needs a C-contiguous writable buffer, not a non-contiguous {name}")
 
 
-def unusable_segment(obj):
-    """``ItemViewBuffer.append`` got something that is not a C-contiguous buffer."""
+def unusable_segment(obj, what="segment"):
+    """``what`` (an ``ItemViewBuffer`` segment, a copy source) is not a C-contiguous buffer."""
     name = _type_name(obj)
     try:
         memoryview(obj)
     except TypeError:
-        return TypeError(f"segment must be a bytes-like object, not {name}")
-    return TypeError(f"segment must be a C-contiguous bytes-like object, not a non-contiguous {name}")
+        return TypeError(f"{what} must be a bytes-like object, not {name}")
+    return TypeError(f"{what} must be a C-contiguous bytes-like object, not a non-contiguous {name}")
+
+
+def short_destination(what, dest_len, src_len):
+    """A copy whose destination cannot hold the whole source (nothing is copied)."""
+    return ValueError(f"{what} destination is {dest_len} bytes, shorter than the {src_len} source bytes")

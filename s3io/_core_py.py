@@ -1,4 +1,4 @@
-"""Pure-Python twin of the s3io core: range coalescing, the ranged read buffer and the item view buffer.
+"""Pure-Python twin of the s3io core: range coalescing, the ranged read buffer, the item view buffer, buffer copies.
 
 This module is the readable reference and the test oracle for the compiled twin
 ``s3io._core_c`` (built from ``csrc/``).  Both have the same names, signatures and
@@ -21,6 +21,7 @@ __all__ = [
     "RangeBuffer",
     "RangeGroup",
     "coalesce_ranges",
+    "copy_into",
 ]
 
 DEFAULT_BUFFER_SIZE = 8 * 1024 * 1024  # RangedS3Reader's documented default: 8 MiB
@@ -521,3 +522,44 @@ class ItemViewBuffer:
         self._closed = True
         self._segments = []
         self._offsets = []
+
+
+# --------------------------------------------------------------------------------------------
+# Copies between buffers
+
+
+def copy_into(dest, src):
+    """Copy all the bytes of ``src`` to the start of ``dest``.
+
+    Parameters
+    ----------
+    dest : writable bytes-like
+        C-contiguous, at least ``len(src)`` bytes long (bytes, not items).
+    src : bytes-like
+        C-contiguous; may overlap ``dest`` (the copy is a memmove).
+
+    Returns
+    -------
+    int
+        The number of bytes copied.
+
+    Raises
+    ------
+    TypeError
+        ``dest`` is not a writable C-contiguous buffer, or ``src`` not a C-contiguous one.
+    ValueError
+        ``dest`` is shorter than ``src``; nothing is copied.
+    """
+    target = writable_view(dest, "copy_into()")
+    try:
+        source = memoryview(src)
+    except TypeError:
+        raise errors.unusable_segment(src, "copy_into() source") from None
+    if not source.c_contiguous:
+        raise errors.unusable_segment(src, "copy_into() source")
+    n = source.nbytes
+    if n > len(target):
+        raise errors.short_destination("copy_into()", len(target), n)
+    if n:
+        target[:n] = source.cast("B") if source.ndim != 1 or source.format != "B" else source
+    return n
