@@ -1,4 +1,5 @@
 """torch.distributed.checkpoint on S3 over HTTP, on both loopback servers."""
+import ctypes
 import io
 import os
 import pickle
@@ -23,6 +24,7 @@ from s3io.dcp import (
     S3StorageWriter,
     StorageMetadata,
 )
+from s3io.dcp import _load_torch
 from s3io.s3reader import S3ReaderConstructor
 
 pytestmark = [
@@ -43,9 +45,60 @@ def _writer(server, path, **kwargs):
 
 
 def _reader(server, path, **kwargs):
-    reader = S3StorageReader(server.region, path, s3client_config=_config(server), **kwargs)
-    reader._direct_min_bytes = 1 << 20  # let the small test tensors take the direct path
-    return reader
+    return S3StorageReader(server.region, path, s3client_config=_config(server), **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _direct_from_1mib(monkeypatch):
+    """Let the 1.2 MB "big" test tensor go straight into its destination (default: from 16 MiB)."""
+    monkeypatch.setattr(_load_torch, "DIRECT_MIN_BYTES", 1 << 20)
+
+
+class _SpiedHandle:
+    """An ObjectHandle whose ``fetch_into`` calls are recorded; everything else is the handle's."""
+
+    def __init__(self, handle, fetches, after_fetch):
+        self._handle, self._fetches, self._after_fetch = handle, fetches, after_fetch
+
+    def fetch_into(self, start, dest):
+        version = self._handle.fetch_into(start, dest)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(dest)) if len(dest) else None
+        self._fetches.append((self._handle.key, len(dest), address))
+        if self._after_fetch is not None:
+            self._after_fetch(self._handle.bucket, self._handle.key)
+        return version
+
+    def __call__(self, *args, **kwargs):
+        return self._handle(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+def _spy_on_fetches(monkeypatch, client, after_fetch=None):
+    """Record ``(key, size, destination address)`` of every ``fetch_into`` through ``client``'s handles."""
+    fetches = []
+    real = client.object_handle
+
+    def object_handle(bucket, key, **kwargs):
+        return _SpiedHandle(real(bucket, key, **kwargs), fetches, after_fetch)
+
+    monkeypatch.setattr(client, "object_handle", object_handle)  # clients are shared: undone after the test
+    return fetches
+
+
+def _fetched_into(fetches, tensor):
+    """Bytes that GETs wrote straight into ``tensor``'s memory."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    return sum(size for _, size, address in fetches if address is not None and start <= address < end)
+
+
+class _TorchReadPath(S3StorageReader):
+    """S3StorageReader with torch's own per-file read_data: DCPOptimizedS3Reader through create_stream."""
+
+    def read_data(self, plan, planner):
+        return FileSystemReader.read_data(self, plan, planner)
 
 
 def _state_dict():
@@ -122,33 +175,35 @@ def saved(s3_server, bucket):
 
 
 @pytest.mark.parametrize("constructor", list(CONSTRUCTORS))
-def test_round_trip(saved, constructor):
+def test_round_trip(saved, constructor, monkeypatch):
     server, bucket, path, sd = saved
     out = _blank(sd)
     reader = _reader(server, path, reader_constructor=CONSTRUCTORS[constructor]())
+    fetches = _spy_on_fetches(monkeypatch, reader.fs.client)
     dcp.load(out, storage_reader=reader)
     _assert_same(sd, out)
     if constructor.startswith(("default", "dcp_optimized")):
-        assert reader._pipeline.direct_items == 1  # "big"
+        assert _fetched_into(fetches, out["big"]) == out["big"].nbytes  # the load pipeline: straight in
     else:
-        assert reader._pipeline is None  # torch's per-file path
+        assert _fetched_into(fetches, out["big"]) == 0  # torch's per-file path: torch.load, then a copy
 
 
-def test_round_trip_buffered_only(saved):
+def test_round_trip_buffered_only(saved, monkeypatch):
     server, bucket, path, sd = saved
+    monkeypatch.setattr(_load_torch, "DIRECT_MIN_BYTES", 1 << 62)
     out = _blank(sd)
     reader = _reader(server, path)
-    reader._direct = False
+    fetches = _spy_on_fetches(monkeypatch, reader.fs.client)
     dcp.load(out, storage_reader=reader)
     _assert_same(sd, out)
-    assert reader._pipeline.direct_items == 0
+    assert fetches and _fetched_into(fetches, out["big"]) == 0
 
 
 def test_dcp_optimized_reader_through_torch_read_path(saved):
-    # The pipeline off: torch's per-file loop drives DCPOptimizedS3Reader via create_stream.
+    # torch's per-file loop drives DCPOptimizedS3Reader via create_stream, on the ranges
+    # that prepare_local_plan injected.
     server, bucket, path, sd = saved
-    reader = _reader(server, path)
-    reader._use_pipeline = False
+    reader = _TorchReadPath(server.region, path, s3client_config=_config(server))
     out = _blank(sd)
     dcp.load(out, storage_reader=reader)
     _assert_same(sd, out)
@@ -166,17 +221,11 @@ def test_partial_load(saved, constructor):
 def test_partial_load_fetches_only_needed_bytes(saved, monkeypatch):
     server, bucket, path, sd = saved
     reader = _reader(server, path)
-    fetched = []
-    real = reader.fs.client.fetch_into
-
-    def fetch_into(bkt, key, start, dest, **kwargs):
-        fetched.append(len(dest))
-        return real(bkt, key, start, dest, **kwargs)
-
-    monkeypatch.setattr(reader.fs.client, "fetch_into", fetch_into)
+    fetches = _spy_on_fetches(monkeypatch, reader.fs.client)
     out = {"f16": torch.zeros(50).half()}
     dcp.load(out, storage_reader=reader)
     assert torch.equal(out["f16"], sd["f16"])
+    fetched = [size for _, size, _ in fetches]
     assert 0 < sum(fetched) < 8192, fetched  # one ~1.5 KB item, not the 1.2 MB file
 
 
@@ -420,18 +469,15 @@ def test_file_overwritten_during_load_is_detected(saved, monkeypatch):
     server, bucket, path, sd = saved
     reader = _reader(server, path, max_concurrency=1)
     boto = server.boto3_client()
-    real = reader.fs.client.fetch_into
     overwritten = set()
 
-    def fetch_into(bkt, key, start, dest, **kwargs):
-        etag = real(bkt, key, start, dest, **kwargs)
+    def overwrite_once(bkt, key):
         if key not in overwritten:
             overwritten.add(key)
             body = boto.get_object(Bucket=bkt, Key=key)["Body"].read()
             boto.put_object(Bucket=bkt, Key=key, Body=body[:-1] + bytes([body[-1] ^ 1]))
-        return etag
 
-    monkeypatch.setattr(reader.fs.client, "fetch_into", fetch_into)
+    _spy_on_fetches(monkeypatch, reader.fs.client, after_fetch=overwrite_once)
     with pytest.raises(CheckpointException) as excinfo:
         dcp.load(_blank(sd), storage_reader=reader)
     assert isinstance(_failure(excinfo), S3ObjectChanged)

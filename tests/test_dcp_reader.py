@@ -264,3 +264,17 @@ def test_constructor_uses_injected_ranges():
         constructor("bkt", "ckpt/other.distcp", lambda: None, obj.get_stream)
     assert constructor.max_gap_size == 0
     assert "max_gap_size=0" in repr(constructor)
+
+
+def test_constructor_takes_ranges_computed_elsewhere():
+    # S3StorageReader groups a plan once and injects the ranges it also loads from.
+    constructor = DCPOptimizedConstructor(max_gap_size=0)
+    ranges = [ItemRange(600, 2500), ItemRange(100, 600)]
+    constructor.set_item_ranges({"s3://bkt/ckpt/__0_0.distcp": ranges})
+    assert ranges == [ItemRange(100, 600), ItemRange(600, 2500)]  # sorted in place, the same objects
+    obj = FakeObject()
+    reader = constructor("bkt", "ckpt/__0_0.distcp", lambda: None, obj.get_stream)
+    assert _read_items(reader, [(100, 600), (600, 2500)]) == [DATA[100:600], DATA[600:2500]]
+    assert obj.streams == [(100, 2500)]
+    with pytest.raises(ValueError, match="No ranges found"):
+        constructor("bkt", "ckpt/__1_0.distcp", lambda: None, obj.get_stream)

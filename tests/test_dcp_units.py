@@ -1,8 +1,11 @@
 """Unit tests for the DCP pieces that need no server: prefix strategies, the
-torch.save fast path and the load pipeline (driven by a local-file fetch)."""
+torch.save fast path and the load (planning, scheduling, torch consumption),
+driven by fake handles over local files."""
+import ctypes
 import io
 import os
 import threading
+import types
 
 import pytest
 import torch
@@ -10,7 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint._extension import ExtensionRegistry, StreamTransformExtension
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.filesystem import _StorageReaderTransforms
+from torch.distributed.checkpoint.metadata import MetadataIndex
+from torch.distributed.checkpoint.planner import LoadItemType, ReadItem
 from torch.futures import Future
 
 from s3io.dcp import (
@@ -21,8 +28,13 @@ from s3io.dcp import (
     RoundRobinPrefixStrategy,
     S3PrefixStrategyBase,
 )
-from s3io.dcp import _load_pipeline
-from s3io.dcp._load_pipeline import LoadPipeline, StoredItem, load
+from s3io._core import ItemRange, ItemViewBuffer
+from s3io._exceptions import S3ObjectChanged
+from s3io._pin import VersionPin
+from s3io.dcp import _load_schedule, _load_torch
+from s3io.dcp._load_plan import LoadFile, LoadSettings, plan_segments
+from s3io.dcp._load_schedule import load_files
+from s3io.dcp._load_torch import load_into_planner, stored_items_by_file
 from s3io.dcp._torch_save import load_tensor_view, probe_layout
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -186,52 +198,72 @@ def test_probe_layout_declines():
 # -- the load pipeline over local files ---------------------------------------------
 
 
-class _LocalFiles:
-    """fetch_into over a local directory, with counters and optional faults."""
+class _LocalHandle:
+    """A fake ``ObjectHandle`` over a local file: ``fetch_into`` pinned by a real ``VersionPin``."""
 
-    def __init__(self, root):
-        self.root = root
-        self.calls = []
-        self.lock = threading.Lock()
-        self.fail_at = None  # (key, start) -> exception to raise
-        self.etag_for = lambda key, start: "etag-1"
+    def __init__(self, client, bucket, key):
+        self.client = client
+        self.key = key
+        self.pin = VersionPin(bucket, key)
 
-    def fetch_into(self, bucket, key, start, dest, *, etag=None):
-        with self.lock:
-            self.calls.append((key, start, len(dest), etag))
-        if self.fail_at is not None and self.fail_at[0] == key and self.fail_at[1] <= start:
-            raise self.fail_at[2]
-        with open(os.path.join(self.root, key), "rb") as f:
+    def fetch_into(self, start, dest):
+        client = self.client
+        with client.lock:
+            client.calls.append((self.key, start, len(dest), threading.current_thread().name, _address(dest)))
+        if client.fail_at is not None and client.fail_at[0] == self.key and client.fail_at[1] <= start:
+            raise client.fail_at[2]
+        with open(os.path.join(client.root, self.key), "rb") as f:
             f.seek(start)
             n = f.readinto(dest)
         if n != len(dest):
-            raise EOFError(f"{key}: wanted {len(dest)} bytes at {start}, got {n}")
-        return self.etag_for(key, start)
+            raise EOFError(f"{self.key}: wanted {len(dest)} bytes at {start}, got {n}")
+        self.pin.check(client.version_for(self.key, start))
+        return self.pin.version
+
+
+class _LocalClient:
+    """``S3Client.object_handle`` over a local directory, with counters and optional faults."""
+
+    def __init__(self, root):
+        self.root = root
+        self.calls = []  # (key, start, size, thread name, destination address) of every fetch_into
+        self.handles = []  # keys, one per object_handle call
+        self.lock = threading.Lock()
+        self.fail_at = None  # (key, start, exception): raise for fetches of key from start on
+        self.version_for = lambda key, start: '"etag-1"'
+
+    def object_handle(self, bucket, key):
+        self.handles.append(key)
+        return _LocalHandle(self, bucket, key)
+
+
+def _address(view):
+    """The address of a writable buffer's first byte."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) if len(view) else None
 
 
 class _PipelineReader(FileSystemReader):
-    """torch's FileSystemReader with read_data replaced by the s3io pipeline."""
+    """torch's FileSystemReader with read_data replaced by the s3io load (as S3StorageReader runs it)."""
 
-    def __init__(self, path, files, direct=True, **pipeline_args):
+    def __init__(self, path, client, **settings):
         super().__init__(path)
-        self.files = files
-        self.direct = direct
-        self.pipeline_args = pipeline_args
-        self.pipeline = None
+        self.client = client
+        self.settings = LoadSettings(**settings)
+        self.stats = None
 
     def read_data(self, plan, planner):
-        by_file = {}
-        for request in plan.items:
-            info = self.storage_data[request.storage_index]
-            items = by_file.setdefault(info.relative_path, {})
-            stored = items.setdefault(info.offset, StoredItem(info.offset, info.offset + info.length, info))
-            stored.requests.append(request)
-        self.pipeline = LoadPipeline(self.files.fetch_into, **self.pipeline_args)
-        files = [("b", k, list(v.values())) for k, v in by_file.items()]
-        load(self.pipeline, files, planner, self.transforms, direct=self.direct, direct_min_bytes=1 << 20)
+        by_file = stored_items_by_file(plan.items, self.storage_data)
+        files = [LoadFile(self.client.object_handle("b", path), items) for path, items in by_file.items()]
+        self.stats = load_into_planner(files, planner, self.transforms, self.settings)
         future = Future()
         future.set_result(None)
         return future
+
+
+@pytest.fixture
+def direct_from_1mib(monkeypatch):
+    """Let the 1.2 MB "big" tensor of the test state dict go straight into its destination."""
+    monkeypatch.setattr(_load_torch, "DIRECT_MIN_BYTES", 1 << 20)
 
 
 def _failure(excinfo):
@@ -280,6 +312,13 @@ def _assert_same(expected, got):
             assert got[key] == value, key
 
 
+def _fetched_into(client, tensor):
+    """Bytes that GETs wrote straight into ``tensor``'s memory."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    return sum(size for _, _, size, _, address in client.calls if address is not None and start <= address < end)
+
+
 @pytest.fixture
 def saved_checkpoint(tmp_path):
     sd = _state_dict()
@@ -294,54 +333,64 @@ def saved_checkpoint(tmp_path):
         {"max_inflight_bytes": 64 * 1024, "part_size": 3000, "max_concurrency": 3},
         {"max_gap_size": 0, "part_size": 999, "max_concurrency": 1, "max_inflight_bytes": 1},
         {"max_gap_size": float("inf")},
-        {"direct": False},
     ],
-    ids=["defaults", "small-cap", "tiny-parts", "one-group", "no-direct"],
+    ids=["defaults", "small-cap", "tiny-parts", "one-group"],
 )
-def test_pipeline_round_trip(saved_checkpoint, args):
+def test_pipeline_round_trip(saved_checkpoint, direct_from_1mib, args):
     path, sd = saved_checkpoint
-    files = _LocalFiles(str(path))
+    client = _LocalClient(str(path))
     out = _blank(sd)
-    reader = _PipelineReader(str(path), files, **args)
+    reader = _PipelineReader(str(path), client, **args)
     dcp.load(out, storage_reader=reader)
     _assert_same(sd, out)
-    assert reader.pipeline.direct_items == (0 if args.get("direct") is False else 1)  # "big"
+    assert reader.stats.direct_items == 1  # "big"
+    assert _fetched_into(client, out["big"]) == out["big"].nbytes  # its payload, straight into the tensor
 
 
-def test_pipeline_direct_declines_mismatched_destinations(saved_checkpoint):
+def test_pipeline_below_direct_min_bytes_is_buffered(saved_checkpoint):
     path, sd = saved_checkpoint
-    files = _LocalFiles(str(path))
+    client = _LocalClient(str(path))
+    out = _blank(sd)
+    reader = _PipelineReader(str(path), client)
+    dcp.load(out, storage_reader=reader)  # "big" is 1.2 MB, under the default 16 MiB
+    _assert_same(sd, out)
+    assert reader.stats.direct_items == 0
+    assert _fetched_into(client, out["big"]) == 0
+
+
+def test_pipeline_direct_declines_mismatched_destinations(saved_checkpoint, direct_from_1mib):
+    path, sd = saved_checkpoint
+    client = _LocalClient(str(path))
     # A non-contiguous destination and a dtype change both need the buffered path.
     out = {"big": torch.zeros(300_000, 2)[:, 0]}
-    reader = _PipelineReader(str(path), files)
+    reader = _PipelineReader(str(path), client)
     dcp.load(out, storage_reader=reader)
-    assert reader.pipeline.direct_items == 0
+    assert reader.stats.direct_items == 0
     assert torch.equal(out["big"], sd["big"])
     out = {"big": torch.zeros(300_000, dtype=torch.float64)}
-    reader = _PipelineReader(str(path), files)
+    reader = _PipelineReader(str(path), client)
     dcp.load(out, storage_reader=reader)
-    assert reader.pipeline.direct_items == 0
+    assert reader.stats.direct_items == 0
     assert torch.equal(out["big"], sd["big"].double())
 
 
 def test_pipeline_partial_load_fetches_only_needed_bytes(saved_checkpoint):
     path, sd = saved_checkpoint
-    files = _LocalFiles(str(path))
+    client = _LocalClient(str(path))
     out = {"f16": torch.zeros(50).half()}
-    dcp.load(out, storage_reader=_PipelineReader(str(path), files, max_gap_size=0))
+    dcp.load(out, storage_reader=_PipelineReader(str(path), client, max_gap_size=0))
     assert torch.equal(out["f16"], sd["f16"])
-    fetched = sum(n for _, _, n, _ in files.calls)
+    fetched = sum(size for _, _, size, _, _ in client.calls)
     assert fetched < 4096, fetched  # one small item, not the 1.2 MB "big" tensor
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
-def test_pipeline_memory_in_flight_is_capped(saved_checkpoint, direct):
+def test_pipeline_memory_in_flight_is_capped(saved_checkpoint, monkeypatch, direct):
     path, sd = saved_checkpoint
-    files = _LocalFiles(str(path))
+    client = _LocalClient(str(path))
     cap = 256 * 1024
     live = [0]
     peak = [0]
-    original = _load_pipeline._allocate
 
     class Tracked(bytearray):
         def __del__(self):
@@ -353,90 +402,276 @@ def test_pipeline_memory_in_flight_is_capped(saved_checkpoint, direct):
         peak[0] = max(peak[0], live[0])
         return buffer
 
-    _load_pipeline._allocate = tracked_allocate
-    try:
-        out = _blank(sd)
-        reader = _PipelineReader(str(path), files, direct=direct, max_inflight_bytes=cap, part_size=16384)
-        dcp.load(out, storage_reader=reader)
-    finally:
-        _load_pipeline._allocate = original
+    monkeypatch.setattr(_load_schedule, "_allocate", tracked_allocate)
+    if direct:
+        monkeypatch.setattr(_load_torch, "DIRECT_MIN_BYTES", 1 << 20)
+    out = _blank(sd)
+    reader = _PipelineReader(str(path), client, max_inflight_bytes=cap, part_size=16384)
+    dcp.load(out, storage_reader=reader)
     _assert_same(sd, out)
     big_item = sd["big"].nbytes + 4096  # torch.save header and directory
     if direct:
         # "big" (larger than the cap) goes straight into its destination: only the ring.
-        assert reader.pipeline.direct_items == 1
+        assert reader.stats.direct_items == 1
         assert peak[0] == cap
-        assert reader.pipeline.peak_inflight_bytes <= cap
+        assert reader.stats.peak_inflight_bytes <= cap
     else:
         # One ring of `cap` bytes, plus a buffer of its own for "big".
-        assert reader.pipeline.direct_items == 0
+        assert reader.stats.direct_items == 0
         assert cap < peak[0] <= cap + big_item, peak[0]
-        assert reader.pipeline.peak_inflight_bytes <= cap + big_item
+        assert reader.stats.peak_inflight_bytes <= cap + big_item
     assert live[0] == 0  # every buffer freed
 
 
-def test_pipeline_pins_etag_after_first_response(saved_checkpoint):
+def test_pipeline_reads_each_file_through_one_handle_on_named_threads(saved_checkpoint, direct_from_1mib):
     path, sd = saved_checkpoint
-    files = _LocalFiles(str(path))
-    dcp.load(_blank(sd), storage_reader=_PipelineReader(str(path), files, part_size=4096, max_concurrency=1))
-    etags = [etag for _, _, _, etag in files.calls]
-    per_file_first = {}
-    for key, start, _, etag in files.calls:
-        per_file_first.setdefault(key, etag)
-    assert all(first is None for first in per_file_first.values())
-    assert etags.count("etag-1") == len(etags) - len(per_file_first)
+    client = _LocalClient(str(path))
+    dcp.load(_blank(sd), storage_reader=_PipelineReader(str(path), client, part_size=4096, max_concurrency=3))
+    files = sorted(p for p in os.listdir(path) if p.endswith(".distcp"))
+    assert sorted(client.handles) == files  # one pinned handle per file, every GET through it
+    assert {key for key, *_ in client.calls} == set(files)
+    # GETs and the probes of direct items run on the load's pool, which ends with the load.
+    assert {name.rsplit("_", 1)[0] for *_, name, _ in client.calls} == {_load_torch.THREAD_NAME_PREFIX}
+    assert not [t for t in threading.enumerate() if t.name.startswith(_load_torch.THREAD_NAME_PREFIX)]
 
 
-def test_pipeline_object_changed_midway(saved_checkpoint):
+def test_pipeline_object_changed_midway(saved_checkpoint, direct_from_1mib):
     path, sd = saved_checkpoint
-    files = _LocalFiles(str(path))
-    files.etag_for = lambda key, start: "etag-1" if start < 100_000 else "etag-2"
+    client = _LocalClient(str(path))
+    client.version_for = lambda key, start: '"etag-1"' if start < 100_000 else '"etag-2"'
     with pytest.raises(CheckpointException) as excinfo:
-        dcp.load(_blank(sd), storage_reader=_PipelineReader(str(path), files, part_size=4096))
-    assert "changed during the load" in str(_failure(excinfo))
+        dcp.load(_blank(sd), storage_reader=_PipelineReader(str(path), client, part_size=4096))
+    error = _failure(excinfo)
+    assert isinstance(error, S3ObjectChanged)  # raised by the handle's pin, not by the pipeline
+    assert '"etag-1" then "etag-2"' in str(error)
 
 
 def test_pipeline_fetch_error_propagates_and_stops(saved_checkpoint):
     path, sd = saved_checkpoint
-    files = _LocalFiles(str(path))
+    client = _LocalClient(str(path))
     first_file = sorted(p for p in os.listdir(path) if p.endswith(".distcp"))[0]
-    files.fail_at = (first_file, 0, ConnectionResetError("injected"))
+    client.fail_at = (first_file, 0, ConnectionResetError("injected"))
     with pytest.raises(CheckpointException) as excinfo:
-        dcp.load(_blank(sd), storage_reader=_PipelineReader(str(path), files))
+        dcp.load(_blank(sd), storage_reader=_PipelineReader(str(path), client))
     assert isinstance(_failure(excinfo), ConnectionResetError)
+    assert not [t for t in threading.enumerate() if t.name.startswith(_load_torch.THREAD_NAME_PREFIX)]
 
 
-def test_pipeline_truncated_file_raises(saved_checkpoint):
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
+def test_pipeline_truncated_file_raises(saved_checkpoint, monkeypatch, direct):
     path, sd = saved_checkpoint
-    files = _LocalFiles(str(path))
+    if direct:
+        monkeypatch.setattr(_load_torch, "DIRECT_MIN_BYTES", 1 << 20)
+    client = _LocalClient(str(path))
     biggest = max((p for p in os.listdir(path) if p.endswith(".distcp")), key=lambda p: os.path.getsize(path / p))
     with open(path / biggest, "r+b") as f:
         f.truncate(os.path.getsize(path / biggest) // 2)
     with pytest.raises(CheckpointException) as excinfo:
-        dcp.load(_blank(sd), storage_reader=_PipelineReader(str(path), files))
+        dcp.load(_blank(sd), storage_reader=_PipelineReader(str(path), client))
     assert isinstance(_failure(excinfo), EOFError)
 
 
-def test_pipeline_rejects_bad_settings():
+class _XorExtension(StreamTransformExtension):
+    """A stream transform (like torch's ZStandard) that flips every byte; read through ``input.read``."""
+
+    @staticmethod
+    def registry_name():
+        return "test-xor"
+
+    @staticmethod
+    def from_descriptor(version):
+        return _XorExtension()
+
+    def get_descriptor(self):
+        return "test-xor"
+
+    def transform_to(self, output):
+        class Writer(io.RawIOBase):
+            def writable(self):
+                return True
+
+            def write(self, data):
+                return output.write(bytes(b ^ 0xFF for b in bytes(data)))
+
+        return Writer()
+
+    def transform_from(self, input):
+        class Reader(io.RawIOBase):
+            def readable(self):
+                return True
+
+            def readinto(self, b):
+                data = input.read(len(b))
+                b[: len(data)] = bytes(x ^ 0xFF for x in data)
+                return len(data)
+
+        return io.BufferedReader(Reader())
+
+
+def test_pipeline_stream_transforms(tmp_path):
+    sd = {"t": torch.randn(50), "i": torch.arange(7), "meta": {"s": "héllo", "n": 3}}
+    dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path), _extensions=[_XorExtension()]))
+    out = {"t": torch.zeros(50), "i": torch.zeros(7, dtype=torch.int64), "meta": {"s": None, "n": None}}
+    reader = _PipelineReader(str(tmp_path), _LocalClient(str(tmp_path)))
+    reader.transforms = _StorageReaderTransforms(ExtensionRegistry())
+    reader.transforms.extension_registry.register(_XorExtension)
+    dcp.load(out, storage_reader=reader)
+    assert torch.equal(out["t"], sd["t"]) and torch.equal(out["i"], sd["i"])
+    assert out["meta"] == sd["meta"]
+
+
+def _consumer_for(request_type, destination):
+    """A TorchConsumer over a planner stub that resolves ``destination`` and records commits."""
+    planner = types.SimpleNamespace(committed=[], loaded=[])
+    planner.resolve_tensor = lambda request: destination
+    planner.commit_tensor = lambda request, tensor: planner.committed.append(tensor)
+    planner.load_bytes = lambda request, value: planner.loaded.append(value.read())
+    index = MetadataIndex("x")
+    shape = destination.shape if destination is not None else torch.Size([])
+    request = ReadItem(request_type, index, torch.Size([0] * len(shape)), index, torch.Size([0] * len(shape)), shape)
+    return _load_torch.TorchConsumer(planner, None), planner, request
+
+
+@pytest.mark.parametrize("zip_archive", [True, False], ids=["zip", "legacy"])
+def test_consumer_falls_back_to_torch_load(monkeypatch, zip_archive):
+    # Without the fast path (a torch release whose private helpers changed) items go
+    # through torch.load: over the core's ItemViewBuffer for zip archives (no copy),
+    # over an io.BytesIO copy for legacy ones (their unpickler needs readline).
+    monkeypatch.setattr(_load_torch, "load_tensor_view", lambda view: None)
+    streams = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, **kwargs: streams.append(type(f)) or real_load(f, **kwargs))
+    saved = torch.arange(24, dtype=torch.float32).reshape(4, 6)[:, 1:4].t()
+    stream = io.BytesIO()
+    torch.save(saved, stream, _use_new_zipfile_serialization=zip_archive)
+    view = memoryview(bytearray(stream.getvalue()))
+    destination = torch.zeros(3, 4)
+    consumer, planner, request = _consumer_for(LoadItemType.TENSOR, destination)
+    item = _load_torch.TorchItem(ItemRange(0, len(view)), types.SimpleNamespace(transform_descriptors=None), [request])
+    consumer.consume(item, view)
+    assert [t.data_ptr() for t in planner.committed] == [destination.data_ptr()]
+    assert torch.equal(destination, saved)
+    assert streams == [ItemViewBuffer if zip_archive else io.BytesIO]
+
+
+def test_copy_tensor_matches_copy_():
+    source = torch.randn(300, 7).to(torch.bfloat16)
+    for target in (torch.zeros(300, 7, dtype=torch.bfloat16), torch.zeros(300, 7), torch.zeros(7, 300).t()):
+        _load_torch.copy_tensor(target, source)
+        assert torch.equal(target, source.to(target.dtype))
+    _load_torch.copy_tensor(torch.empty(0), torch.empty(0))
+
+
+# -- planning and scheduling without torch: the interface a second consumer uses -----------------
+
+
+class _Item:
+    """A load item as the planner sees it: a range and whether it goes straight into a destination."""
+
+    def __init__(self, start, end, direct=False):
+        self.range = ItemRange(start, end)
+        self.direct = direct
+
+
+class _BytesHandle:
+    """A fake handle over ``data``; GETs at or after ``gate_from`` wait for ``gate``."""
+
+    def __init__(self, data, gate_from=None):
+        self.data = data
+        self.gate_from = gate_from
+        self.gate = threading.Event()
+        self.gets = []
+
+    def fetch_into(self, start, dest):
+        self.gets.append((start, len(dest)))
+        if self.gate_from is not None and start >= self.gate_from:
+            assert self.gate.wait(10), "an earlier item was not consumed while this GET waited"
+        dest[:] = self.data[start : start + len(dest)]
+        return '"v1"'
+
+
+class _RecordingConsumer:
+    """Buffered items: their bytes; direct items: a bytearray of the payload after a 4-byte header."""
+
+    def __init__(self, on_consume=None):
+        self.seen = []  # (start, bytes, how), in the order handed over
+        self.destinations = {}
+        self.on_consume = on_consume
+
+    def consume(self, item, view):
+        self.seen.append((item.range.start, bytes(view), "buffered"))
+        if self.on_consume:
+            self.on_consume(item)
+
+    def locate_direct(self, item, read):
+        header = bytes(read(0, 4))
+        if header == b"skip":
+            return None
+        dest = self.destinations[item.range.start] = bytearray(item.range.end - item.range.start - 4)
+        return 4, memoryview(dest)
+
+    def commit_direct(self, item):
+        self.seen.append((item.range.start, bytes(self.destinations.pop(item.range.start)), "direct"))
+
+
+def test_load_files_hands_items_over_in_order_buffered_or_direct():
+    data = bytes(range(256)) * 40
+    data = b"head" + data[4:3000] + b"skip" + data[3004:]
+    items = [_Item(5000, 5100), _Item(0, 3000, direct=True), _Item(3000, 4000, direct=True), _Item(4000, 4000),
+             _Item(4000, 4500), _Item(7000, 10240)]
+    handle = _BytesHandle(data)
+    consumer = _RecordingConsumer()
+    settings = LoadSettings(max_gap_size=100, max_inflight_bytes=2048, part_size=512, max_concurrency=3)
+    stats = load_files([LoadFile(handle, items)], consumer, settings, thread_name_prefix="test-load")
+    assert stats.direct_items == 1  # the second direct item declined ("skip"): consumed from a buffer
+    assert consumer.seen == [
+        (0, data[4:3000], "direct"),
+        (4000, b"", "buffered"),  # empty items need no bytes: they come at offset 0
+        (3000, data[3000:4000], "buffered"),
+        (4000, data[4000:4500], "buffered"),
+        (5000, data[5000:5100], "buffered"),
+        (7000, data[7000:10240], "buffered"),
+    ]
+    assert max(size for _, size in handle.gets) <= 512
+    assert stats.peak_inflight_bytes <= 2048 + 3240 + 1000  # the ring, plus "too big" and "declined" buffers
+
+
+def test_load_files_consumes_early_items_while_later_ones_are_fetched():
+    data = bytes(range(256)) * 64
+    handle = _BytesHandle(data, gate_from=8192)  # GETs of the second half wait until an item is consumed
+    items = [_Item(offset, offset + 1024) for offset in range(0, len(data), 1024)]
+    consumer = _RecordingConsumer(on_consume=lambda item: handle.gate.set())
+    settings = LoadSettings(max_gap_size=0, max_inflight_bytes=4096, part_size=1024, max_concurrency=4)
+    load_files([LoadFile(handle, items)], consumer, settings, thread_name_prefix="test-load")
+    assert [start for start, _, _ in consumer.seen] == [item.range.start for item in items]
+    assert b"".join(chunk for _, chunk, _ in consumer.seen) == data
+
+
+def test_load_settings_reject_bad_values():
     for bad in ({"max_inflight_bytes": 0}, {"part_size": 0}, {"max_concurrency": 0}):
-        with pytest.raises(ValueError):
-            LoadPipeline(lambda *a, **k: "", **bad)
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LoadSettings(**bad)
 
 
 def test_plan_segments_cuts_groups_at_item_boundaries():
-    pipeline = LoadPipeline(lambda *a, **k: "", max_gap_size=100, max_inflight_bytes=4 * 1000, part_size=10)
-    items = [StoredItem(i * 1000, i * 1000 + 900, None) for i in range(10)]
-    segments = pipeline.plan_segments([("b", "k", items)])
+    items = [_Item(i * 1000, i * 1000 + 900) for i in range(10)]
+    files = [LoadFile("handle", items)]
+    segments = plan_segments(files, LoadSettings(max_gap_size=100, max_inflight_bytes=4 * 1000, part_size=10))
     assert [s.items for s in segments] == [[items[i]] for i in range(10)]  # segment size 1000 < 1900
-    pipeline = LoadPipeline(lambda *a, **k: "", max_gap_size=100, max_inflight_bytes=4 * 4000, part_size=10)
-    segments = pipeline.plan_segments([("b", "k", items)])
+    segments = plan_segments(files, LoadSettings(max_gap_size=100, max_inflight_bytes=4 * 4000, part_size=10))
     assert [(s.start, s.end) for s in segments] == [(0, 3900), (4000, 7900), (8000, 9900)]
-    pipeline = LoadPipeline(lambda *a, **k: "", max_gap_size=99, max_inflight_bytes=10**9, part_size=10)
-    assert len(pipeline.plan_segments([("b", "k", items)])) == 10
+    assert segments[0].parts == [(start, start + 10) for start in range(0, 3900, 10)]
+    segments = plan_segments(files, LoadSettings(max_gap_size=99, max_inflight_bytes=10**9, part_size=10**6))
+    assert len(segments) == 10 and all(s.parts == [(s.start, s.end)] for s in segments)
+
+
+def test_plan_segments_rejects_overlapping_items():
+    with pytest.raises(ValueError, match="Overlapping ranges: 0-10 and 5-15"):
+        plan_segments([LoadFile("handle", [_Item(5, 15), _Item(0, 10)])], LoadSettings())
 
 
 def test_ring_allocates_in_order_and_wraps():
-    ring = _load_pipeline._Ring(100)
+    ring = _load_schedule.BufferRing(100)
     a = ring.allocate(40)
     b = ring.allocate(40)
     assert len(a) == 40 and len(b) == 40
@@ -464,7 +699,7 @@ def test_ring_allocates_in_order_and_wraps():
     ops=st.lists(st.one_of(st.integers(0, 70), st.none()), max_size=60),  # size: allocate; None: free oldest
 )
 def test_ring_never_hands_out_overlapping_memory(capacity, ops):
-    ring = _load_pipeline._Ring(capacity)
+    ring = _load_schedule.BufferRing(capacity)
     live = []  # (view, fill byte), oldest first
     for step, op in enumerate(ops):
         if op is None:

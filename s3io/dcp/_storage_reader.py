@@ -1,33 +1,31 @@
 """S3StorageReader: torch's ``FileSystemReader`` loading a checkpoint from S3."""
 from __future__ import annotations
 
+import logging
 import os
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.futures import Future
 
 from .._config import S3ClientConfig
-from .._exceptions import S3ObjectChanged
 from .._uri import parse_s3_uri
 from ..s3reader.dcp_optimized import DCPOptimizedConstructor
 from ._filesystem import S3FileSystem
-from ._load_pipeline import (
-    DEFAULT_MAX_INFLIGHT_BYTES,
-    DIRECT_MIN_BYTES,
-    LoadPipeline,
-    StoredItem,
-    load,
-)
+from ._load_plan import DEFAULT_MAX_INFLIGHT_BYTES, LoadFile, LoadSettings
+from ._load_torch import TorchItem, load_into_planner, stored_items_by_file
 
 __all__ = ["S3StorageReader"]
+
+log = logging.getLogger(__name__)
 
 _MIN_LOAD_PART_SIZE = 16 * 1024 * 1024
 # The pipeline skips gaps wider than this even when max_gap_size allows more:
 # with parallel ranged GETs a new request costs less than streaming a few MiB
 # of unneeded bytes (30% partial load of the bench: 4 MiB 0.73 s, 32 MiB 1.05 s).
 _MAX_LOAD_GAP_SIZE = 4 * 1024 * 1024
+
 
 class S3StorageReader(FileSystemReader):
     """S3 implementation of PyTorch's ``FileSystemReader`` with configurable reader strategies.
@@ -38,8 +36,10 @@ class S3StorageReader(FileSystemReader):
     GET is cheaper than more unneeded bytes) and fetched with concurrent ranged
     GETs across all files while earlier items are deserialized and committed,
     with the memory in flight capped; large tensors whose saved layout matches
-    their destination are fetched straight into it.  Other constructors (``sequential()``, ``range_based()``)
-    read file by file through :meth:`S3FileSystem.create_stream`, like torch.
+    their destination are fetched straight into it (from 16 MiB: see
+    ``s3io.dcp._load_torch.DIRECT_MIN_BYTES``).  Other constructors
+    (``sequential()``, ``range_based()``) read file by file through
+    :meth:`S3FileSystem.create_stream`, like torch.
 
     Parameters
     ----------
@@ -88,10 +88,8 @@ class S3StorageReader(FileSystemReader):
         self.sync_files = False
         self._max_inflight_bytes = DEFAULT_MAX_INFLIGHT_BYTES if max_inflight_bytes is None else max_inflight_bytes
         self._max_concurrency = max_concurrency
-        self._use_pipeline = True  # tests switch this off to drive DCPOptimizedS3Reader through torch
-        self._direct = True  # large tensors fetched straight into the destination
-        self._direct_min_bytes = DIRECT_MIN_BYTES
-        self._pipeline: Optional[LoadPipeline] = None
+        # The stored items of the plan prepare_local_plan saw (its ReadItems, items per file).
+        self._planned: Optional[tuple] = None
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Union[str, os.PathLike]) -> bool:
@@ -101,67 +99,61 @@ class S3StorageReader(FileSystemReader):
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
         """Sort the plan's items by storage offset and inject each file's item ranges.
 
-        Both are required by ``DCPOptimizedS3Reader``.
+        Both are required by ``DCPOptimizedS3Reader``.  With
+        ``DCPOptimizedConstructor`` the stored items are grouped here, once:
+        their ranges go to the constructor and the items to :meth:`read_data`.
         """
         plan.items.sort(key=lambda item: self.storage_data[item.storage_index].offset)
-        setter = getattr(self._reader_constructor, "set_item_ranges_by_file", None)
-        if setter is not None:
-            setter(plan.items, self.storage_data, self.path)
+        if isinstance(self._reader_constructor, DCPOptimizedConstructor):
+            by_file = stored_items_by_file(plan.items, self.storage_data)
+            self._planned = (plan.items, by_file)
+            self._reader_constructor.set_item_ranges(
+                {self._uri(path): [item.range for item in items] for path, items in by_file.items()}
+            )
+        else:
+            setter = getattr(self._reader_constructor, "set_item_ranges_by_file", None)
+            if setter is not None:
+                setter(plan.items, self.storage_data, self.path)
         return plan
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future:
         """Load this rank's items into the planner's state dict."""
-        if not (self._use_pipeline and isinstance(self._reader_constructor, DCPOptimizedConstructor)):
+        if not isinstance(self._reader_constructor, DCPOptimizedConstructor):
             return super().read_data(plan, planner)
-        files = self._stored_items_by_file(plan)
         client = self.fs.client
-        config = getattr(client, "s3client_config", None) or self.fs._s3client_config or S3ClientConfig()
-        # More fetch threads than ~4 per core only add GIL contention with the
-        # thread that deserializes (measured: 2 cores, 13 threads starve it).
-        concurrency = self._max_concurrency or min(
-            getattr(config, "max_concurrency", None) or 8, 4 * (os.cpu_count() or 1), 16
-        )
-        pipeline = LoadPipeline(
-            client.fetch_into,
-            max_gap_size=min(self._reader_constructor.max_gap_size, _MAX_LOAD_GAP_SIZE),
-            max_inflight_bytes=self._max_inflight_bytes,
-            # Fewer, larger GETs: each costs ~1.3 ms of client CPU on top of the bytes.
-            part_size=max(config.part_size, _MIN_LOAD_PART_SIZE),
-            max_concurrency=concurrency,
-            object_changed=_object_changed,
-        )
-        self._pipeline = pipeline  # kept for inspection (tests, benchmarks)
-        load(
-            pipeline,
-            files,
-            planner,
-            getattr(self, "transforms", None),
-            direct=self._direct,
-            direct_min_bytes=self._direct_min_bytes,
-        )
+        files = [
+            LoadFile(client.object_handle(*parse_s3_uri(self._uri(path))), items)
+            for path, items in self._stored_items(plan).items()
+        ]
+        self._planned = None  # the items hold destinations while loading: keep them no longer
+        stats = load_into_planner(files, planner, getattr(self, "transforms", None), self._load_settings())
+        log.debug("loaded %d files of %s: %d items straight into their destination, at most %d bytes buffered",
+                  len(files), self.path, stats.direct_items, stats.peak_inflight_bytes)
         future: Future = Future()
         future.set_result(None)
         return future
 
-    def _stored_items_by_file(self, plan: LoadPlan) -> List[Tuple[str, str, List[StoredItem]]]:
-        by_file: Dict[str, Dict[Tuple[int, int], StoredItem]] = {}
-        for request in plan.items:
-            info = self.storage_data[request.storage_index]
-            items = by_file.setdefault(info.relative_path, {})
-            stored = items.get((info.offset, info.length))
-            if stored is None:
-                stored = items[(info.offset, info.length)] = StoredItem(info.offset, info.offset + info.length, info)
-            stored.requests.append(request)
-        files = []
-        for relative_path, items in by_file.items():
-            bucket, key = parse_s3_uri(self.fs.concat_path(self.path, relative_path))
-            files.append((bucket, key, list(items.values())))
-        return files
+    def _uri(self, relative_path: str) -> str:
+        return self.fs.concat_path(self.path, relative_path)
 
+    def _stored_items(self, plan: LoadPlan) -> Dict[str, List[TorchItem]]:
+        """The items prepare_local_plan grouped, unless the global plan changed this rank's plan."""
+        if self._planned is not None:
+            items, by_file = self._planned
+            if items is plan.items or items == plan.items:
+                return by_file
+        return stored_items_by_file(plan.items, self.storage_data)
 
-def _object_changed(bucket: str, key: str, expected: str, got: str) -> BaseException:
-    return S3ObjectChanged(
-        f"s3://{bucket}/{key} changed during the load (ETag {expected} then {got}); load again",
-        bucket=bucket,
-        key=key,
-    )
+    def _load_settings(self) -> LoadSettings:
+        constructor: DCPOptimizedConstructor = self._reader_constructor  # type: ignore[assignment]
+        config = self.fs.client.s3client_config
+        # More fetch threads than ~4 per core only add GIL contention with the
+        # thread that deserializes (measured: 2 cores, 13 threads starve it).
+        concurrency = self._max_concurrency or min(config.max_concurrency or 8, 4 * (os.cpu_count() or 1), 16)
+        return LoadSettings(
+            max_gap_size=min(constructor.max_gap_size, _MAX_LOAD_GAP_SIZE),
+            max_inflight_bytes=self._max_inflight_bytes,
+            # Fewer, larger GETs: each costs ~1.3 ms of client CPU on top of the bytes.
+            part_size=max(config.part_size, _MIN_LOAD_PART_SIZE),
+            max_concurrency=concurrency,
+        )

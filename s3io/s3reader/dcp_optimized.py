@@ -351,7 +351,8 @@ class DCPOptimizedS3Reader(_ObjectReader):
 class DCPOptimizedConstructor:
     """Reader constructor that creates :class:`DCPOptimizedS3Reader` s from injected ranges.
 
-    ``S3StorageReader.prepare_local_plan`` calls :meth:`set_item_ranges_by_file`;
+    ``S3StorageReader.prepare_local_plan`` injects each file's ranges (with
+    :meth:`set_item_ranges`, or :meth:`set_item_ranges_by_file` from a plan);
     afterwards calling the constructor for a ``.distcp`` key returns a
     ``DCPOptimizedS3Reader`` over that file's ranges, and for ``.metadata`` a
     ``SequentialS3Reader``.  ``S3StorageReader`` itself uses the ranges and
@@ -403,9 +404,20 @@ class DCPOptimizedConstructor:
                 continue
             seen.add((uri, info.offset))
             by_file[uri].append(ItemRange(info.offset, info.offset + info.length))
-        for ranges in by_file.values():
+        self.set_item_ranges(by_file)
+
+    def set_item_ranges(self, item_ranges_by_file: Dict[str, List[ItemRange]]) -> None:
+        """Record each file's item ranges, computed by the caller (replacing earlier ones).
+
+        Parameters
+        ----------
+        item_ranges_by_file : dict
+            ``s3://bucket/key`` -> the :class:`ItemRange` s the load will read
+            from it.  The lists are kept (not copied) and sorted by start in place.
+        """
+        for ranges in item_ranges_by_file.values():
             ranges.sort(key=lambda r: r.start)
-        self._item_ranges_by_file = by_file
+        self._item_ranges_by_file = item_ranges_by_file
 
     def __call__(self, bucket: str, key: str, get_object_info: Callable, get_stream: Callable) -> S3Reader:
         """Create the reader for one object (see the class docstring)."""
