@@ -54,7 +54,8 @@ CONFIG = S3ClientConfig(part_size=5 * MiB, max_attempts=MAX_ATTEMPTS, connect_ti
 # Worst case for one request: every attempt times out, plus botocore's and the stream's backoff.
 HANG_BOUND = 45.0
 POOL_CONNECTIONS = max(10, 2 * CONFIG.max_concurrency + 4)  # the client's urllib3 pool size
-PER_OPERATION_THREADS = ("s3io-dcp-load", "s3io-dcp-probe")  # pools that must end with their operation
+# Pools that must end with their operation: the DCP load's fetch pool (it also runs the probes of direct items).
+PER_OPERATION_THREADS = ("s3io-dcp-load",)
 
 
 def _state_dict(version=0):
