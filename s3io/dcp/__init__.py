@@ -3,10 +3,12 @@
 Examples
 --------
 >>> import torch.distributed.checkpoint as dcp                        # doctest: +SKIP
->>> from s3io.dcp import S3StorageReader, S3StorageWriter
+>>> from s3io.dcp import S3StorageReader, S3StorageWriter, delete_orphaned_files
 >>> dcp.save(state_dict, storage_writer=S3StorageWriter("us-east-1", "s3://bucket/ckpt"))
 >>> dcp.load(state_dict, storage_reader=S3StorageReader("us-east-1", "s3://bucket/ckpt"))
+>>> delete_orphaned_files("us-east-1", "s3://bucket/ckpt")  # data files left by killed saves
 """
+from ._checkpoint_files import delete_orphaned_files
 from .s3_file_system import S3FileSystem, S3StorageReader, S3StorageWriter, StorageMetadata
 from .s3_prefix_strategy import (
     BinaryPrefixStrategy,
@@ -28,4 +30,5 @@ __all__ = [
     "BinaryPrefixStrategy",
     "HexPrefixStrategy",
     "RoundRobinPrefixStrategy",
+    "delete_orphaned_files",
 ]
