@@ -3,6 +3,7 @@ import ctypes
 import io
 import os
 import pickle
+import re
 import threading
 import time
 
@@ -29,7 +30,6 @@ from s3io.s3reader import S3ReaderConstructor
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.distributed is disabled"),
-    pytest.mark.filterwarnings("ignore:Detected an existing checkpoint"),
 ]
 
 
@@ -149,6 +149,17 @@ def _keys(server, bucket, prefix=""):
     return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
 
+def _data_files(server, bucket, prefix):
+    return [k for k in _keys(server, bucket, prefix) if k.endswith(".distcp")]
+
+
+def _save_token(data_file, prefix):
+    """The token of one save in ``{prefix}{token}_{n}.distcp`` (prefix: the strategy's part)."""
+    match = re.fullmatch(re.escape(prefix) + r"([0-9a-f]{16})_\d+\.distcp", data_file)
+    assert match, f"{data_file!r} is not {prefix}<save token>_<n>.distcp"
+    return match.group(1)
+
+
 def _failure(excinfo):
     exc = excinfo.value
     return exc.failures[0][0] if isinstance(exc, CheckpointException) else exc
@@ -260,25 +271,36 @@ def test_thread_count_writes_that_many_files(s3_server, bucket, thread_count):
     ids=["default", "binary", "hex", "round-robin"],
 )
 def test_prefix_strategies(s3_server, bucket, strategy, prefix):
-    sd = {"a": torch.arange(10), "b": torch.ones(4)}
+    # The strategy's part of each name is as in torch and s3torchconnector; a token
+    # unique to the save follows it, and a save over the path removes the previous files.
     path = f"s3://{bucket}/p"
-    dcp.save(sd, storage_writer=_writer(s3_server, path, prefix_strategy=strategy, thread_count=2))
-    keys = _keys(s3_server, bucket, "p/")
-    assert sorted(k for k in keys if k.endswith(".distcp")) == [f"p/{prefix}0.distcp", f"p/{prefix}1.distcp"]
-    out = {"a": torch.zeros(10, dtype=torch.int64), "b": torch.zeros(4)}
-    dcp.load(out, storage_reader=_reader(s3_server, path))
-    _assert_same(sd, out)
+    tokens = []
+    for version in (1, 2):
+        sd = {"a": torch.arange(10) * version, "b": torch.ones(4) * version}
+        dcp.save(sd, storage_writer=_writer(s3_server, path, prefix_strategy=strategy, thread_count=2))
+        files = _data_files(s3_server, bucket, "p/")
+        token = _save_token(files[0], f"p/{prefix}")
+        assert files == [f"p/{prefix}{token}_0.distcp", f"p/{prefix}{token}_1.distcp"]
+        tokens.append(token)
+        out = {"a": torch.zeros(10, dtype=torch.int64), "b": torch.zeros(4)}
+        dcp.load(out, storage_reader=_reader(s3_server, path))
+        _assert_same(sd, out)
+    assert tokens[0] != tokens[1]
 
 
 def test_overwrite_existing_checkpoint(s3_server, bucket):
     path = f"s3://{bucket}/ow"
     dcp.save({"a": torch.zeros(100), "b": torch.arange(5)}, storage_writer=_writer(s3_server, path))
     second = {"a": torch.ones(100), "b": torch.arange(5) * 2}
+    first_files = _data_files(s3_server, bucket, "ow/")
     dcp.save(second, storage_writer=_writer(s3_server, path))
     out = {"a": torch.empty(100), "b": torch.empty(5, dtype=torch.int64)}
     dcp.load(out, storage_reader=_reader(s3_server, path))
     _assert_same(second, out)
-    assert not [k for k in _keys(s3_server, bucket, "ow/") if k.endswith(".tmp")]
+    keys = _keys(s3_server, bucket, "ow/")
+    second_files = _data_files(s3_server, bucket, "ow/")
+    assert len(second_files) == 1 and second_files != first_files  # the first save's file is deleted
+    assert keys == sorted(["ow/.metadata"] + second_files)  # no .metadata.tmp
 
 
 def test_overwrite_false_keeps_existing_checkpoint(s3_server, bucket):
@@ -298,8 +320,15 @@ def test_storage_metadata_stamped_per_rank(s3_server, bucket):
 
     writer = S3StorageWriter(s3_server.region, f"s3://{bucket}/x", s3client_config=_config(s3_server),
                              prefix_strategy=RoundRobinPrefixStrategy(["p", "q"]))
-    plans = writer.prepare_global_plan([SavePlan([]), SavePlan([]), SavePlan([])])
-    assert [p.storage_data for p in plans] == [StorageMetadata("p/__0_"), StorageMetadata("q/__1_"), StorageMetadata("p/__2_")]
+    tokens = set()
+    for _ in range(2):
+        plans = writer.prepare_global_plan([SavePlan([]), SavePlan([]), SavePlan([])])
+        token = plans[0].storage_data.prefix[len("p/__0_"):-1]
+        assert [p.storage_data for p in plans] == [
+            StorageMetadata(f"p/__0_{token}_"), StorageMetadata(f"q/__1_{token}_"), StorageMetadata(f"p/__2_{token}_")
+        ]
+        tokens.add(token)
+    assert len(tokens) == 2  # a new token for every save, also with the same writer
     assert writer.sync_files is False
     with pytest.warns(UserWarning, match="sync_files"):
         assert S3StorageWriter(s3_server.region, "s3://b/x", sync_files=True).sync_files is False
@@ -308,11 +337,43 @@ def test_storage_metadata_stamped_per_rank(s3_server, bucket):
 # -- interop -----------------------------------------------------------------------------
 
 
-def test_downloaded_checkpoint_loads_with_torch(saved, tmp_path):
-    server, bucket, path, sd = saved
+def _require_s3torchconnector():
+    """s3torchconnector, the peer the interop tests compare with: under CI its absence fails the test."""
+    if os.environ.get("CI") == "true":
+        import s3torchconnector  # noqa: F401  (an ImportError fails the test)
+    else:
+        pytest.importorskip("s3torchconnector")
+
+
+# s3torchconnector's CRT uploads fail against rclone: its cases run on moto only.
+ON_MOTO = pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
+
+
+def _download(server, bucket, prefix, directory):
     client = server.boto3_client()
-    for key in _keys(server, bucket, "ckpt/"):
-        client.download_file(bucket, key, str(tmp_path / key.split("/", 1)[1]))
+    for key in _keys(server, bucket, prefix):
+        target = directory / key[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(target))
+
+
+def _upload(server, bucket, directory, prefix):
+    client = server.boto3_client()
+    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+        client.upload_file(str(file), bucket, prefix + file.relative_to(directory).as_posix())
+
+
+STRATEGIES = {"default": DefaultPrefixStrategy, "hex": lambda: HexPrefixStrategy(epoch_num=2, min_prefix_length=3)}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_downloaded_checkpoint_loads_with_torch(s3_server, bucket, tmp_path, strategy):
+    # Saved twice (the second save replaces the first's files), downloaded, loaded by torch.
+    path = f"s3://{bucket}/ckpt"
+    sd = _state_dict()
+    dcp.save(_blank(sd), storage_writer=_writer(s3_server, path, prefix_strategy=STRATEGIES[strategy](), thread_count=2))
+    dcp.save(sd, storage_writer=_writer(s3_server, path, prefix_strategy=STRATEGIES[strategy](), thread_count=2))
+    _download(s3_server, bucket, "ckpt/", tmp_path)
     out = _blank(sd)
     dcp.load(out, storage_reader=FileSystemReader(str(tmp_path)))
     _assert_same(sd, out)
@@ -322,9 +383,7 @@ def test_downloaded_checkpoint_loads_with_torch(saved, tmp_path):
 def test_torch_checkpoint_uploaded_loads(s3_server, bucket, tmp_path, constructor):
     sd = _state_dict()
     dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path), thread_count=3))
-    client = s3_server.boto3_client()
-    for name in os.listdir(tmp_path):
-        client.upload_file(str(tmp_path / name), bucket, f"up/{name}")
+    _upload(s3_server, bucket, tmp_path, "up/")
     out = _blank(sd)
     reader = _reader(s3_server, f"s3://{bucket}/up", reader_constructor=CONSTRUCTORS[constructor]())
     dcp.load(out, storage_reader=reader)
@@ -332,10 +391,8 @@ def test_torch_checkpoint_uploaded_loads(s3_server, bucket, tmp_path, constructo
 
 
 def _s3tc(server):
-    """s3torchconnector 1.5.0's client for this server (its DCP classes take no endpoint)."""
-    pytest.importorskip("s3torchconnector")
-    if server.kind != "moto":
-        pytest.skip("s3torchconnector's CRT uploads fail against rclone; interop runs on moto")
+    """s3torchconnector 1.5.0's client config and client for this server (its DCP classes take no endpoint)."""
+    _require_s3torchconnector()
     from s3torchconnector import S3ClientConfig as RefConfig
     from s3torchconnector._s3client import S3Client as RefClient
 
@@ -343,30 +400,90 @@ def _s3tc(server):
     return config, RefClient(server.region, endpoint=server.endpoint_url, s3client_config=config)
 
 
-def test_s3io_checkpoint_loads_with_s3torchconnector(saved):
-    server, bucket, path, sd = saved
-    config, client = _s3tc(server)
+@ON_MOTO
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_s3io_checkpoint_loads_with_s3torchconnector(s3_server, bucket, strategy):
+    config, client = _s3tc(s3_server)
     from s3torchconnector.dcp import S3StorageReader as RefReader
 
-    reader = RefReader(server.region, path, s3client_config=config)
+    path = f"s3://{bucket}/ckpt"
+    sd = _state_dict()
+    dcp.save(_blank(sd), storage_writer=_writer(s3_server, path, prefix_strategy=STRATEGIES[strategy](), thread_count=2))
+    dcp.save(sd, storage_writer=_writer(s3_server, path, prefix_strategy=STRATEGIES[strategy](), thread_count=2))
+    reader = RefReader(s3_server.region, path, s3client_config=config)
     reader.fs._client = client
     out = _blank(sd)
     dcp.load(out, storage_reader=reader)
     _assert_same(sd, out)
 
 
-def test_s3torchconnector_checkpoint_loads_with_s3io(s3_server, bucket):
-    config, client = _s3tc(s3_server)
+def _s3torchconnector_save(server, bucket, path, sd):
+    config, client = _s3tc(server)
     from s3torchconnector.dcp import S3StorageWriter as RefWriter
 
-    sd = _state_dict()
-    path = f"s3://{bucket}/ref"
-    writer = RefWriter(s3_server.region, path, s3client_config=config, thread_count=2)
+    writer = RefWriter(server.region, path, s3client_config=config, thread_count=2)
     writer.fs._client = client
     dcp.save(sd, storage_writer=writer)
+
+
+@ON_MOTO
+def test_s3torchconnector_checkpoint_loads_with_s3io(s3_server, bucket):
+    sd = _state_dict()
+    path = f"s3://{bucket}/ref"
+    _s3torchconnector_save(s3_server, bucket, path, sd)
     out = _blank(sd)
     dcp.load(out, storage_reader=_reader(s3_server, path))
     _assert_same(sd, out)
+
+
+def _fail_metadata_put(monkeypatch, writer):
+    """Make ``writer``'s PUT of ``.metadata`` (the switch) fail after all data files were written."""
+    client = writer.fs.client
+    real_put = client.put_object
+
+    def put_object(bkt, key, *args, **kwargs):
+        stream = real_put(bkt, key, *args, **kwargs)
+        return _FailingWriter(stream, 0) if key.endswith("/.metadata") else stream
+
+    monkeypatch.setattr(client, "put_object", put_object)  # clients are shared: undone after the test
+
+
+def _assert_overwrite_keeps_previous_until_switch(server, bucket, prefix, previous, monkeypatch):
+    """Overwrite the checkpoint at ``prefix`` with s3io: loadable as ``previous`` until the switch, then the new one."""
+    path = f"s3://{bucket}/{prefix.rstrip('/')}"
+    previous_files = _data_files(server, bucket, prefix)
+    new = {key: (value + 1 if isinstance(value, torch.Tensor) and value.dtype != torch.bool else value)
+           for key, value in previous.items()}
+    with monkeypatch.context() as patch:
+        writer = _writer(server, path, thread_count=2)
+        _fail_metadata_put(patch, writer)
+        with pytest.raises(CheckpointException, match="injected upload failure"):
+            dcp.save(new, storage_writer=writer)
+    assert set(previous_files) < set(_data_files(server, bucket, prefix))  # the new data files are there ...
+    out = _blank(previous)
+    dcp.load(out, storage_reader=_reader(server, path))
+    _assert_same(previous, out)  # ... and the previous checkpoint still loads
+    dcp.save(new, storage_writer=_writer(server, path, thread_count=2))
+    out = _blank(previous)
+    dcp.load(out, storage_reader=_reader(server, path))
+    _assert_same(new, out)
+    assert not set(previous_files) & set(_data_files(server, bucket, prefix))  # deleted after the switch
+
+
+def test_overwriting_a_torch_checkpoint_keeps_it_until_the_switch(s3_server, bucket, tmp_path, monkeypatch):
+    sd = _state_dict()
+    dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path), thread_count=2))
+    _upload(s3_server, bucket, tmp_path, "fs/")
+    assert "fs/__0_0.distcp" in _data_files(s3_server, bucket, "fs/")  # torch's own names
+    _assert_overwrite_keeps_previous_until_switch(s3_server, bucket, "fs/", sd, monkeypatch)
+
+
+@ON_MOTO
+def test_overwriting_an_s3torchconnector_checkpoint_keeps_it_until_the_switch(s3_server, bucket, monkeypatch):
+    sd = _state_dict()
+    _s3torchconnector_save(s3_server, bucket, f"s3://{bucket}/ref", sd)
+    assert "ref/__0_0.distcp" in _data_files(s3_server, bucket, "ref/")
+    _assert_overwrite_keeps_previous_until_switch(s3_server, bucket, "ref/", sd, monkeypatch)
 
 
 # -- endpoint, pickling, async -------------------------------------------------------------
@@ -432,15 +549,17 @@ class _FailingWriter(io.RawIOBase):
         return self.inner.__exit__(*exc)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+# An exception escaping a writer thread would be printed to stderr: it fails the test instead.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("failing_thread", ["main", "worker"])
 @pytest.mark.parametrize("existing", [False, True], ids=["fresh", "over-existing"])
-def test_failed_save_leaves_no_metadata(s3_server, bucket, failing_thread, existing, monkeypatch):
+def test_failed_save_keeps_the_previous_checkpoint(s3_server, bucket, failing_thread, existing, monkeypatch):
     path = f"s3://{bucket}/fail"
     sd = _state_dict()
+    boto = s3_server.boto3_client()
     if existing:
         dcp.save(sd, storage_writer=_writer(s3_server, path, thread_count=3))
-        assert "fail/.metadata" in _keys(s3_server, bucket)
+        metadata = boto.get_object(Bucket=bucket, Key="fail/.metadata")["Body"].read()
     writer = _writer(s3_server, path, thread_count=3)
     client = writer.fs.client
     real_put = client.put_object
@@ -456,11 +575,17 @@ def test_failed_save_leaves_no_metadata(s3_server, bucket, failing_thread, exist
 
     monkeypatch.setattr(client, "put_object", put_object)  # clients are shared: undo afterwards
     with pytest.raises(CheckpointException) as excinfo:
-        dcp.save(sd, storage_writer=writer)
+        dcp.save(_blank(sd), storage_writer=writer)
     assert "injected upload failure" in str(_failure(excinfo))
     keys = _keys(s3_server, bucket, "fail/")
-    assert "fail/.metadata" not in keys
     assert not [k for k in keys if k.endswith(".tmp")]
+    if not existing:
+        assert "fail/.metadata" not in keys
+        return
+    assert boto.get_object(Bucket=bucket, Key="fail/.metadata")["Body"].read() == metadata
+    out = _blank(sd)
+    dcp.load(out, storage_reader=_reader(s3_server, path))
+    _assert_same(sd, out)
 
 
 def test_file_overwritten_during_load_is_detected(saved, monkeypatch):
@@ -495,12 +620,13 @@ def test_missing_metadata_is_a_clear_error(s3_server, bucket):
 @pytest.mark.parametrize("constructor", ["default", "sequential"])
 def test_missing_data_file_is_a_clear_error(saved, constructor):
     server, bucket, path, sd = saved
-    server.boto3_client().delete_object(Bucket=bucket, Key="ckpt/__0_0.distcp")
+    missing = _data_files(server, bucket, "ckpt/")[0]
+    server.boto3_client().delete_object(Bucket=bucket, Key=missing)
     with pytest.raises(CheckpointException) as excinfo:
         dcp.load(_blank(sd), storage_reader=_reader(server, path, reader_constructor=CONSTRUCTORS[constructor]()))
     error = _failure(excinfo)
     assert isinstance(error, S3ObjectNotFound)
-    assert "__0_0.distcp" in str(error)
+    assert missing.split("/")[-1] in str(error)
 
 
 def test_truncated_data_file_is_a_clear_error(saved):
