@@ -1,9 +1,9 @@
-"""A ``dcp.save`` killed with SIGKILL at random points never leaves a checkpoint that loads wrong data.
+"""A ``dcp.save`` killed with SIGKILL at random points: the path loads as the old checkpoint or the new one.
 
 The parent owns a loopback rclone server (ETag hashing on) and a
 :class:`~s3io.testing.faultproxy.FaultProxy` in front of it.  Each trial
-starts a child process (spawned: a fresh interpreter, never a fork of
-pytest) that saves a new state dict version to a path, and SIGKILLs
+starts a child process (forked from a forkserver: never a fork of pytest)
+that saves a new state dict version to a path, and SIGKILLs
 it either
 
 - at a request boundary: the proxy holds the child's k-th request (k drawn
@@ -11,16 +11,16 @@ it either
   (a request in flight when a process dies may still reach the store), or
 - after a random delay over the save's duration.
 
-Then the parent loads the path straight from the server.  The load must
-either return one complete version bit for bit (the previous one, or the new
-one if the save got far enough) or fail with an error that names the missing
-``.metadata``; a load that returns anything else is a wrong-data failure.
+Then the parent loads the path straight from the server.
 
-What the design gives (see /work/plan/reliability-findings.md): overwriting
-a checkpoint in place deletes the old ``.metadata`` before the first data file
-is replaced, so a save killed after that point leaves a path that fails to
-load (clearly) until the next successful save; the previous checkpoint is
-lost, never mixed with the new one.
+- Over an existing checkpoint: the load must return the previous version or
+  the new one, bit for bit, every time.  Each save names its data files
+  uniquely and its single PUT of ``.metadata`` is the switch, so there is no
+  moment without a loadable checkpoint.  Afterwards
+  :func:`s3io.dcp.delete_orphaned_files` removes what the killed saves left
+  and the path still loads.
+- A first save: the load returns the new version or fails with an error that
+  names the missing ``.metadata``; it never returns anything else.
 """
 import os
 import random
@@ -36,26 +36,27 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3io import S3ClientConfig, S3Exception
-from s3io.dcp import S3StorageReader, S3StorageWriter
+from s3io.dcp import S3StorageReader, S3StorageWriter, delete_orphaned_files
 from s3io.testing.faultproxy import FaultProxy
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.distributed is disabled"),
-    pytest.mark.filterwarnings("ignore:Detected an existing checkpoint"),
 ]
 
 SEED = 20240611
 NUMEL = 1_500_000  # two tensors of 6 MB: two files, each a 2-part multipart upload (5 MiB parts)
 PART_SIZE = 5 * 1024 * 1024
 THREADS = 2
-OVERWRITE_TRIALS = 14
+OVERWRITE_TRIALS = 20
 FRESH_TRIALS = 6
-# Each child is a fresh interpreter (multiprocessing "spawn": never a fork of pytest with its
-# threads and sockets) that imports torch and s3io, ~2-3 s of CPU each.  S3IO_CRASH_FORKSERVER=1
-# forks the children from a forkserver that imported them once (also a clean process): faster
-# on a busy machine.
-START_METHOD = "forkserver" if os.environ.get("S3IO_CRASH_FORKSERVER") == "1" else "spawn"
+# The children are forked from a forkserver: a fresh interpreter that imported torch and s3io
+# once, never pytest with its threads and sockets.  26 spawned interpreters would cost ~2-3 s
+# of CPU each (the file took 2.5 min instead of 1 on a busy 2-core machine); S3IO_CRASH_SPAWN=1
+# spawns each child anyway.
+START_METHOD = "spawn" if os.environ.get("S3IO_CRASH_SPAWN") == "1" else "forkserver"
 PRELOAD = ["torch", "torch.distributed.checkpoint", "boto3", "s3io.dcp", "test_reliability_crash"]
+
+OLD, NEW, NOTHING = "previous checkpoint loads", "new checkpoint loads", "load fails (no .metadata)"
 
 
 def _child_save(endpoint, path, version):
@@ -102,7 +103,7 @@ def _load_outcome(server, path, versions):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dcp.load(out, storage_reader=S3StorageReader("us-east-1", path, s3client_config=config))
-    except (Exception, CheckpointException) as exc:  # a clear error is allowed; checked by the caller
+    except (Exception, CheckpointException) as exc:  # checked by the caller
         return "failed", exc
     version = out["step"]
     assert version in versions, f"{path} loaded step {version!r}, which was never saved there (wrong data)"
@@ -113,7 +114,7 @@ def _load_outcome(server, path, versions):
     return "version", version
 
 
-def _assert_clear_failure(exc, path):
+def _assert_missing_metadata(exc, path):
     text = str(exc)
     assert ".metadata" in text and ("NoSuchKey" in text or "not found" in text.lower()), (
         f"load of a half-saved {path} failed, but not with a clear missing-metadata error: {type(exc).__name__}: {text[:2000]}"
@@ -121,7 +122,7 @@ def _assert_clear_failure(exc, path):
 
 
 def _leftover_uploads(server, bucket):
-    """Multipart uploads a killed save left behind (aborted here; counted for the findings)."""
+    """Multipart uploads a killed save left behind (aborted here; counted for the report)."""
     client = server.boto3_client()
     try:
         uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
@@ -130,6 +131,12 @@ def _leftover_uploads(server, bucket):
     for upload in uploads:
         client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     return len(uploads)
+
+
+def _data_files(server, bucket, prefix):
+    client = server.boto3_client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".distcp"))
 
 
 class _Gate:
@@ -176,17 +183,23 @@ def crash_rig(rclone_server):
     gate = _Gate()
     with FaultProxy(rclone_server.endpoint_url) as proxy:
         bucket = rclone_server.make_bucket()
-        # Calibrate: a save through the proxy tells how many requests a save makes and how long it takes.
+        # Calibrate: an overwrite through the proxy (the case the trials exercise) tells
+        # how many requests a save makes, which one is the switch, and how long it takes.
         path = f"s3://{bucket}/calibrate"
         _save(proxy.endpoint_url, path, 1)
+        first_save = len(proxy.log)
         proxy.reset_stats()
         started = time.monotonic()
-        _save(proxy.endpoint_url, path, 2)  # an overwrite: the case the trials exercise
+        _save(proxy.endpoint_url, path, 2)
         seconds = time.monotonic() - started
-        requests = len(proxy.log)
+        log = proxy.log
+        switch = [n for n, e in enumerate(log, 1) if e.method == "PUT" and e.path.endswith("/calibrate/.metadata")]
+        assert len(switch) == 1, [f"{e.method} {e.kind} {e.path}" for e in log]
+        assert log[-1].kind == "DeleteObject", "the previous checkpoint's files are deleted last"
         proxy.fail(500, times=None, when=gate)  # the gate only counts and holds
         try:
-            yield rclone_server, bucket, proxy, gate, context, dict(requests=requests, seconds=seconds)
+            calibration = dict(requests=len(log), first_save=first_save, switch=switch[0], seconds=seconds)
+            yield rclone_server, bucket, proxy, gate, context, calibration
         finally:
             gate.release.set()
             stop = getattr(getattr(multiprocessing.forkserver, "_forkserver", None), "_stop", None)
@@ -194,30 +207,39 @@ def crash_rig(rclone_server):
                 stop()  # no process left behind (it would otherwise live until pytest exits)
 
 
+def _wait(event, proc, seconds=60):
+    """Wait for ``event`` while the child lives (a child that exited early fails the trial at once)."""
+    deadline = time.monotonic() + seconds
+    while not event.wait(0.05):
+        if not proc.is_alive() or time.monotonic() > deadline:
+            return event.is_set()
+    return True
+
+
 def _trial(rig, rng, path, new_version, previous_version, k=None):
-    """Run one killed save; return (outcome, how it was killed, multipart uploads left behind).
+    """Run one killed save; return (outcome, kind of kill, how it was killed, multipart uploads left behind).
 
     ``k``: kill before the k-th request; None: drawn (a request index or a delay).
     """
     server, bucket, proxy, gate, context, calibration = rig
     by_request = k is not None or rng.random() < 0.5
     if by_request:
-        k = k or rng.randint(1, calibration["requests"])
+        k = k or rng.randint(1, calibration["requests" if previous_version is not None else "first_save"])
         gate.arm(k)
-        how = f"kill before request {k}"
+        kind, how = "request boundary", f"kill before request {k}"
     else:
         gate.arm(None)
         # Timed from the child's first request: process start-up is not part of the save.
         delay = rng.uniform(0.0, 1.3 * calibration["seconds"])
-        how = f"kill {delay * 1000:.0f} ms into the save"
+        kind, how = "random delay", f"kill {delay * 1000:.0f} ms into the save"
     proc = context.Process(target=_child_save, args=(proxy.endpoint_url, path, new_version), daemon=True)
     proc.start()
     try:
         if by_request:
-            assert gate.held.wait(60), f"the child never sent request {k} (exit code {proc.exitcode})"
+            assert _wait(gate.held, proc), f"the child never sent request {k} (exit code {proc.exitcode})"
             how += f" ({gate.held_request})"
         else:
-            assert gate.first.wait(60), f"the child never sent a request (exit code {proc.exitcode})"
+            assert _wait(gate.first, proc), f"the child never sent a request (exit code {proc.exitcode})"
             time.sleep(delay)
     finally:
         proc.kill()  # SIGKILL
@@ -232,18 +254,18 @@ def _trial(rig, rng, path, new_version, previous_version, k=None):
     proxy.reset_stats()
     leftover = _leftover_uploads(server, bucket)
     versions = {new_version} if previous_version is None else {new_version, previous_version}
-    kind, value = _load_outcome(server, path, versions)
-    if kind == "failed":
-        _assert_clear_failure(value, path)
-        outcome = "load fails (clear error)"
-    elif value == new_version:
-        outcome = "new checkpoint loads"
+    result, value = _load_outcome(server, path, versions)
+    if result == "failed":
+        if previous_version is not None:
+            pytest.fail(f"{how}: {path} has no loadable checkpoint (it must stay the previous one): {value!r:.2000}")
+        _assert_missing_metadata(value, path)
+        outcome = NOTHING
     else:
-        outcome = "previous checkpoint loads"
-    return outcome, how, leftover
+        outcome = NEW if value == new_version else OLD
+    return outcome, kind, how, leftover
 
 
-def test_killed_overwrite_never_loads_wrong_data(crash_rig):
+def test_killed_overwrite_loads_old_or_new(crash_rig):
     server, bucket, proxy, gate, context, calibration = crash_rig
     rng = random.Random(SEED)
     path = f"s3://{bucket}/ckpt"
@@ -253,26 +275,33 @@ def test_killed_overwrite_never_loads_wrong_data(crash_rig):
     leftovers = 0
     report = []
     # The first trials pin the boundaries down: before the first request (the old checkpoint
-    # must survive), with the DELETE of the old .metadata in flight (request 3) and with the
-    # last request in flight (the new checkpoint is complete); the rest are drawn.
-    forced = [1, 3, calibration["requests"]]
+    # must survive), with the PUT of .metadata held (either), with the last request, a DELETE
+    # of a previous data file, held (the new checkpoint is complete); the rest are drawn.
+    forced = [1, calibration["switch"], calibration["requests"]]
     for trial in range(OVERWRITE_TRIALS):
         new = 1000 + trial
-        outcome, how, leftover = _trial(crash_rig, rng, path, new, good, forced[trial] if trial < len(forced) else None)
-        outcomes[outcome] += 1
+        outcome, kind, how, leftover = _trial(crash_rig, rng, path, new, good, forced[trial] if trial < len(forced) else None)
+        outcomes[kind, outcome] += 1
         leftovers += leftover
         report.append(f"trial {trial}: {how}: {outcome}")
-        if outcome == "new checkpoint loads":
+        if outcome == NEW:
             good = new
-        elif outcome == "load fails (clear error)":
-            # The path is recoverable: the next save over it works.
-            good = 2000 + trial
-            _save(server.endpoint_url, path, good)
-            assert _load_outcome(server, path, {good}) == ("version", good)
-    print("\n".join(report), f"\noutcomes: {dict(outcomes)}; multipart uploads left behind: {leftovers}", sep="")
-    assert report[0].endswith("previous checkpoint loads"), report[0]
-    assert report[len(forced) - 1].endswith("new checkpoint loads"), report[len(forced) - 1]
-    assert outcomes["load fails (clear error)"] > 0
+    counts = "; ".join(f"{kind}: {outcome} x{n}" for (kind, outcome), n in sorted(outcomes.items()))
+    print("\n".join(report), f"\noutcomes: {counts}; multipart uploads left behind: {leftovers}", sep="")
+    assert report[0].endswith(OLD), report[0]
+    assert report[len(forced) - 1].endswith(NEW), report[len(forced) - 1]
+
+    # What the killed saves left: every data file the current .metadata does not
+    # reference goes, and the path still loads the last complete save.
+    before = _data_files(server, bucket, "ckpt/")
+    config = S3ClientConfig(endpoint_url=server.endpoint_url)
+    deleted = delete_orphaned_files("us-east-1", path, older_than=0, s3client_config=config)
+    after = _data_files(server, bucket, "ckpt/")
+    print(f"delete_orphaned_files: {len(deleted)} of {len(before)} data files deleted, {len(after)} kept")
+    assert sorted(before) == sorted(after + [uri.split("/", 3)[3] for uri in deleted])
+    assert deleted, "no trial killed a save between its first data file and its switch"
+    assert _load_outcome(server, path, {good}) == ("version", good)
+    assert len(after) == THREADS, after  # exactly the current checkpoint's files
 
 
 def test_killed_first_save_never_loads_wrong_data(crash_rig):
@@ -282,18 +311,18 @@ def test_killed_first_save_never_loads_wrong_data(crash_rig):
     report = []
     for trial in range(FRESH_TRIALS):
         path = f"s3://{bucket}/fresh-{uuid.uuid4().hex[:8]}"
-        outcome, how, _ = _trial(crash_rig, rng, path, 3000 + trial, None)
-        assert outcome != "previous checkpoint loads"
-        outcomes[outcome] += 1
+        outcome, kind, how, _ = _trial(crash_rig, rng, path, 3000 + trial, None)
+        outcomes[kind, outcome] += 1
         report.append(f"trial {trial}: {how}: {outcome}")
-    print("\n".join(report), f"\noutcomes: {dict(outcomes)}", sep="")
-    assert outcomes["load fails (clear error)"] > 0
+    counts = "; ".join(f"{kind}: {outcome} x{n}" for (kind, outcome), n in sorted(outcomes.items()))
+    print("\n".join(report), f"\noutcomes: {counts}", sep="")
+    assert sum(n for (kind, outcome), n in outcomes.items() if outcome == NOTHING) > 0
 
 
 def test_missing_checkpoint_error_names_the_metadata(crash_rig):
-    # The "clear error" the trials accept, pinned down once: a path with no checkpoint.
+    # The clear error a killed first save leaves, pinned down once: a path with no checkpoint.
     server, bucket = crash_rig[0], crash_rig[1]
     kind, exc = _load_outcome(server, f"s3://{bucket}/never-saved", {0})
     assert kind == "failed"
-    _assert_clear_failure(exc, "never-saved")
+    _assert_missing_metadata(exc, "never-saved")
     assert isinstance(exc, S3Exception) or "NoSuchKey" in str(exc)
