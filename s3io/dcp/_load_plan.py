@@ -21,6 +21,7 @@ Nothing here knows about torch; ``_load_schedule`` runs the plan.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, List, Sequence, Tuple, Union
 
 from .._core import coalesce_ranges
@@ -125,40 +126,42 @@ def cut_parts(start: int, end: int, part_size: int) -> List[Tuple[int, int]]:
     return [(offset, min(offset + part_size, end)) for offset in range(start, end, part_size)]
 
 
-def _start(item) -> int:
-    return item.range.start
+_range_start = attrgetter("range.start")
 
 
 def _coalesced_segments(handle, items: List[Any], settings: LoadSettings) -> List[Segment]:
     """Segments of the non-empty buffered ``items`` (sorted): coalesced, then cut at item boundaries."""
-    segments = []
-    groups = coalesce_ranges([item.range for item in items], settings.max_gap_size)
+    ranges = [item.range for item in items]  # ItemRange objects: the core's fast path
     limit = settings.segment_size
-    index = 0
-    for group in groups:
-        count = len(group.item_ranges)  # the group holds items[index : index + count], in order
-        current: List[Any] = []
-        for item in items[index : index + count]:
-            if current and item.range.end - current[0].range.start > limit:
-                segments.append(Segment(handle, current[0].range.start, current[-1].range.end, current))
-                current = []
-            current.append(item)
-        segments.append(Segment(handle, current[0].range.start, current[-1].range.end, current))
-        index += count
+    segments = []
+    first = 0  # index of the first item of the open segment
+    for group in coalesce_ranges(ranges, settings.max_gap_size):
+        stop = first + len(group.item_ranges)  # the group holds items[first:stop], in order
+        start = group.start
+        for index in range(first + 1, stop):
+            if ranges[index].end - start > limit:
+                segments.append(Segment(handle, start, ranges[index - 1].end, items[first:index]))
+                first, start = index, ranges[index].start
+        segments.append(Segment(handle, start, group.end, items[first:stop]))
+        first = stop
     return segments
 
 
 def _file_segments(file: LoadFile, settings: LoadSettings) -> List[Segment]:
-    items = sorted(file.items, key=_start)
-    segments = [Segment(file.handle, it.range.start, it.range.end, [it], direct=True) for it in items if it.direct]
-    buffered = [it for it in items if not it.direct]
-    empty = [it for it in buffered if it.range.end == it.range.start]
+    segments, buffered, empty = [], [], []
+    for item in sorted(file.items, key=_range_start):
+        item_range = item.range
+        if item.direct:
+            segments.append(Segment(file.handle, item_range.start, item_range.end, [item], direct=True))
+        elif item_range.end > item_range.start:
+            buffered.append(item)
+        else:
+            empty.append(item)
     if empty:
         # Zero-length items (e.g. empty byte blobs) need no bytes.
         segments.append(Segment(file.handle, 0, 0, empty))
-    nonempty = [it for it in buffered if it.range.end > it.range.start]
-    if nonempty:
-        for segment in _coalesced_segments(file.handle, nonempty, settings):
+    if buffered:
+        for segment in _coalesced_segments(file.handle, buffered, settings):
             segment.parts = cut_parts(segment.start, segment.end, settings.part_size)
             segments.append(segment)
     segments.sort(key=lambda segment: segment.start)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import io
-from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -40,9 +40,9 @@ _PROBE_HEAD = 4096  # data.pkl and the local headers before the payload
 _PROBE_TAIL = 4096  # the zip directory
 THREAD_NAME_PREFIX = "s3io-dcp-load"  # the fetch threads (and the probes of direct items)
 _ZIP_MAGIC = b"PK\x03\x04"
+_range_start = attrgetter("range.start")
 
 
-@dataclass(eq=False)
 class TorchItem:
     """One stored item of a load plan: a byte range of a file and the ``ReadItem`` s that read it.
 
@@ -58,11 +58,18 @@ class TorchItem:
         The destination of a single-request item, once resolved (resolved only once).
     """
 
-    range: ItemRange
-    info: Any
-    requests: List[Any] = field(default_factory=list)
-    direct: bool = False
-    target: Optional[torch.Tensor] = None
+    # A plain class with slots: a plan of 10k items builds 10k of these.
+    __slots__ = ("range", "info", "requests", "direct", "target")
+
+    def __init__(self, range: ItemRange, info: Any, requests: Optional[List[Any]] = None) -> None:
+        self.range = range
+        self.info = info
+        self.requests = [] if requests is None else requests
+        self.direct = False
+        self.target: Optional[torch.Tensor] = None
+
+    def __repr__(self) -> str:
+        return f"TorchItem({self.range!r}, {len(self.requests)} requests, direct={self.direct})"
 
 
 def stored_items_by_file(plan_items: Sequence[Any], storage_data: Dict[Any, Any]) -> Dict[str, List[TorchItem]]:
@@ -71,11 +78,13 @@ def stored_items_by_file(plan_items: Sequence[Any], storage_data: Dict[Any, Any]
     for request in plan_items:
         info = storage_data[request.storage_index]
         items = by_file.setdefault(info.relative_path, {})
-        item = items.get((info.offset, info.length))
+        key = (info.offset, info.length)  # not the offset alone: an empty item may share it
+        item = items.get(key)
         if item is None:
-            item = items[(info.offset, info.length)] = TorchItem(ItemRange(info.offset, info.offset + info.length), info)
-        item.requests.append(request)
-    return {path: sorted(items.values(), key=lambda item: item.range.start) for path, items in by_file.items()}
+            items[key] = TorchItem(ItemRange(info.offset, info.offset + info.length), info, [request])
+        else:
+            item.requests.append(request)
+    return {path: sorted(items.values(), key=_range_start) for path, items in by_file.items()}
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
