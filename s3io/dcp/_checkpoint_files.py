@@ -40,7 +40,7 @@ _DELETE_CONCURRENCY = 8
 DEFAULT_ORPHAN_AGE = datetime.timedelta(days=1)
 
 
-class UnreadableMetadata(Exception):
+class UnreadableMetadata(ValueError):
     """A ``.metadata`` object exists but does not unpickle as a checkpoint's metadata."""
 
 
@@ -193,10 +193,11 @@ def delete_orphaned_files(
     Raises
     ------
     ValueError
-        If ``path`` is not an ``s3://`` URI, or ``older_than`` is negative.
-    UnreadableMetadata
-        If a ``.metadata`` under ``path`` cannot be read as a checkpoint's
-        metadata: nothing is deleted then.
+        If ``path`` is not an ``s3://`` URI, ``older_than`` is negative, or a
+        ``.metadata`` at ``path`` is not a checkpoint's metadata (then nothing
+        is deleted).
+    TypeError
+        If ``older_than`` is neither a number nor a timedelta.
     S3Exception
         If listing, reading or deleting fails (files deleted before stay deleted).
 
