@@ -5,13 +5,22 @@
 - ``s3_server``: parametrized over both (``S3IO_TEST_SERVERS=rclone`` or
   ``=moto`` narrows it while iterating locally).
 - ``bucket``: a fresh bucket on ``s3_server``, emptied and removed afterwards.
+- ``require_peer(module)``: import an optional peer (s3torchconnector, lightning,
+  runai) for a test; missing, the test skips locally and fails under ``CI=true``.
+
+``.ci/test`` runs the suite three ways; two of them need this file's help:
+with ``S3IO_NO_EXTENSIONS=1`` the compiled twin's parametrizations are
+deselected (the main run covered them), and with ``S3IO_SOURCE_ROOT`` set (the
+wheel run) the session stops unless ``s3io`` comes from site-packages.
 
 For the whole session the environment holds the test key pair (both servers
 accept it) and none of the user's AWS profile, config files or endpoint
 overrides, so nothing on the machine leaks into a test, and child processes
 (``mp.spawn``, ``subprocess``) inherit the same setup.
 """
+import importlib
 import os
+import sysconfig
 
 import pytest
 
@@ -28,6 +37,7 @@ _TEST_ENV = {
     # No instance-metadata look-ups (they time out slowly off EC2).
     "AWS_EC2_METADATA_DISABLED": "true",
 }
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _CLEARED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL")
 _saved_env = {}
 
@@ -40,6 +50,56 @@ def pytest_configure(config):
     for name in cleared:
         os.environ.pop(name, None)
     os.environ.update(_TEST_ENV)
+
+
+def pytest_sessionstart(session):
+    source = os.environ.get("S3IO_SOURCE_ROOT")
+    if not source:
+        return
+    # The wheel run: the tests are a copy outside the source tree, and s3io must be the installed wheel.
+    import s3io
+
+    package = os.path.dirname(os.path.realpath(s3io.__file__))
+    site = {os.path.realpath(sysconfig.get_path(name)) for name in ("purelib", "platlib")}
+    if os.path.dirname(package) not in site or package.startswith(os.path.realpath(source) + os.sep):
+        raise pytest.UsageError(f"S3IO_SOURCE_ROOT is set: s3io must come from site-packages {sorted(site)}, not {package}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("S3IO_NO_EXTENSIONS") != "1":
+        return
+    # The pure-twin run: a test parametrized over both twins would only skip its compiled case.
+    compiled = [item for item in items if getattr(item, "callspec", None) and item.callspec.params.get("core") == "c"]
+    if compiled:
+        config.hook.pytest_deselected(items=compiled)
+        kept = set(map(id, items)) - set(map(id, compiled))
+        items[:] = [item for item in items if id(item) in kept]
+
+
+def require_peer(module):
+    """Import ``module`` of an optional peer (s3torchconnector, lightning, runai) for the calling test.
+
+    Parameters
+    ----------
+    module : str
+        Dotted module name, e.g. ``"s3torchconnector.dcp"``.
+
+    Returns
+    -------
+    module
+        The imported module.
+
+    Without the peer the test is skipped on a developer's machine, and fails under
+    ``CI=true`` naming the missing package: CI installs every peer (``.ci/venv``:
+    the ``compare`` extra), so a comparison never passes there by not running.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = exc.name or module
+        if ON_CI:
+            pytest.fail(f"optional peer {missing!r} is missing under CI=true (importing {module}: {exc})", pytrace=False)
+        pytest.skip(f"optional peer {missing!r} is not installed (importing {module}: {exc})")
 
 
 def pytest_unconfigure(config):

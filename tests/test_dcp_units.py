@@ -37,6 +37,8 @@ from s3io.dcp._load_schedule import load_files
 from s3io.dcp._load_torch import load_into_planner, stored_items_by_file
 from s3io.dcp._torch_save import load_tensor_view, probe_layout
 
+from conftest import require_peer
+
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
 
@@ -105,7 +107,7 @@ def test_prefix_base_is_abstract_and_callable():
 
 
 def test_prefixes_match_s3torchconnector():
-    ref = pytest.importorskip("s3torchconnector.dcp.s3_prefix_strategy")
+    ref = require_peer("s3torchconnector.dcp.s3_prefix_strategy")
     cases = [
         (DefaultPrefixStrategy(), ref.DefaultPrefixStrategy()),
         (BinaryPrefixStrategy(epoch_num=2, prefix_count=9), ref.BinaryPrefixStrategy(epoch_num=2, prefix_count=9)),
