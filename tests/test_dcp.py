@@ -1,6 +1,5 @@
 """torch.distributed.checkpoint on S3 over HTTP, on both loopback servers."""
 import ctypes
-import io
 import os
 import pickle
 import re
@@ -27,6 +26,8 @@ from s3io.dcp import (
 )
 from s3io.dcp import _load_torch
 from s3io.s3reader import S3ReaderConstructor
+
+from _upload_faults import FailingUpload, on_put
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.distributed is disabled"),
@@ -436,18 +437,6 @@ def test_s3torchconnector_checkpoint_loads_with_s3io(s3_server, bucket):
     _assert_same(sd, out)
 
 
-def _fail_metadata_put(monkeypatch, writer):
-    """Make ``writer``'s PUT of ``.metadata`` (the switch) fail after all data files were written."""
-    client = writer.fs.client
-    real_put = client.put_object
-
-    def put_object(bkt, key, *args, **kwargs):
-        stream = real_put(bkt, key, *args, **kwargs)
-        return _FailingWriter(stream, 0) if key.endswith("/.metadata") else stream
-
-    monkeypatch.setattr(client, "put_object", put_object)  # clients are shared: undone after the test
-
-
 def _assert_overwrite_keeps_previous_until_switch(server, bucket, prefix, previous, monkeypatch):
     """Overwrite the checkpoint at ``prefix`` with s3io: loadable as ``previous`` until the switch, then the new one."""
     path = f"s3://{bucket}/{prefix.rstrip('/')}"
@@ -456,7 +445,7 @@ def _assert_overwrite_keeps_previous_until_switch(server, bucket, prefix, previo
            for key, value in previous.items()}
     with monkeypatch.context() as patch:
         writer = _writer(server, path, thread_count=2)
-        _fail_metadata_put(patch, writer)
+        on_put(patch, writer.fs.client, "/.metadata", FailingUpload)  # the switch fails
         with pytest.raises(CheckpointException, match="injected upload failure"):
             dcp.save(new, storage_writer=writer)
     assert set(previous_files) < set(_data_files(server, bucket, prefix))  # the new data files are there ...
@@ -523,32 +512,6 @@ def test_async_save(s3_server, bucket):
 # -- failures --------------------------------------------------------------------------------
 
 
-class _FailingWriter(io.RawIOBase):
-    """Wraps an S3Writer; fails after ``limit`` bytes, like a dropped upload."""
-
-    def __init__(self, inner, limit):
-        self.inner, self.limit, self.written = inner, limit, 0
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        self.written += len(memoryview(data))
-        if self.written > self.limit:
-            raise ConnectionResetError("injected upload failure")
-        return self.inner.write(data)
-
-    def tell(self):
-        return self.inner.tell()
-
-    def __enter__(self):
-        self.inner.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.inner.__exit__(*exc)
-
-
 # An exception escaping a writer thread would be printed to stderr: it fails the test instead.
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("failing_thread", ["main", "worker"])
@@ -570,7 +533,7 @@ def test_failed_save_keeps_the_previous_checkpoint(s3_server, bucket, failing_th
         if key.endswith(".distcp") and in_main and failing_thread == "worker":
             time.sleep(0.2)  # let torch's extra writer threads take the other files
         if key.endswith(".distcp") and in_main == (failing_thread == "main"):
-            return _FailingWriter(stream, 100)
+            return FailingUpload(stream, 100)
         return stream
 
     monkeypatch.setattr(client, "put_object", put_object)  # clients are shared: undo afterwards

@@ -6,7 +6,6 @@ the previous ``.metadata`` is never trusted to run code, and
 nothing else.
 """
 import datetime
-import io
 import logging
 import pickle
 import threading
@@ -19,6 +18,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from s3io import S3ClientConfig
 from s3io.dcp import S3StorageReader, S3StorageWriter, delete_orphaned_files
 from s3io.testing import FaultProxy
+
+from _upload_faults import FailingUpload, InjectedUploadFailure, on_put
 
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
 
@@ -57,45 +58,6 @@ def _data_files(server, bucket, prefix):
     return [k for k in _keys(server, bucket, prefix) if k.endswith(".distcp")]
 
 
-class _Injected(ConnectionResetError):
-    pass
-
-
-class _FailingStream(io.RawIOBase):
-    """A PUT whose first write fails: the object never appears."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        raise _Injected("injected upload failure")
-
-    def tell(self):
-        return self.inner.tell()
-
-    def __enter__(self):
-        self.inner.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.inner.__exit__(*exc)
-
-
-def _on_put(monkeypatch, writer, suffix, action):
-    """Call ``action(stream)`` for the writer's PUT of every key ending in ``suffix``; use what it returns."""
-    client = writer.fs.client
-    real = client.put_object
-
-    def put_object(bucket, key, *args, **kwargs):
-        stream = real(bucket, key, *args, **kwargs)
-        return action(stream) if key.endswith(suffix) else stream
-
-    monkeypatch.setattr(client, "put_object", put_object)  # clients are shared: undone after the test
-
-
 # -- the switch --------------------------------------------------------------------------------
 
 
@@ -112,7 +74,7 @@ def test_previous_checkpoint_loads_until_the_switch(s3_server, bucket, monkeypat
         return stream
 
     writer = _writer(url, path, thread_count=2)
-    _on_put(monkeypatch, writer, "/.metadata", before_switch)
+    on_put(monkeypatch, writer.fs.client, "/.metadata", before_switch)
     real_delete = writer.fs.client.delete_object
     lock = threading.Lock()  # the previous files are deleted in parallel
 
@@ -215,11 +177,11 @@ def test_failed_save_prints_no_traceback(s3_server, bucket, monkeypatch, capfd):
     # What a plain Python process does with an exception that escapes a thread: print it.
     monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
     writer = _writer(url, path, thread_count=4)
-    _on_put(monkeypatch, writer, ".distcp", _FailingStream)
+    on_put(monkeypatch, writer.fs.client, ".distcp", FailingUpload)
     big = {f"t{n}": torch.full((1000,), n) for n in range(8)}
     with pytest.raises(CheckpointException) as excinfo:
         dcp.save(big, storage_writer=writer)
-    assert isinstance(excinfo.value.failures[0][0], _Injected)
+    assert isinstance(excinfo.value.failures[0][0], InjectedUploadFailure)
     err = capfd.readouterr().err
     assert "Traceback" not in err and "injected" not in err, err
     _assert_loads(url, path, 1)
@@ -232,7 +194,7 @@ def _killed_save(url, path, version, monkeypatch):
     """A save that wrote its data files but not its .metadata (as if killed just before the switch)."""
     writer = _writer(url, path, thread_count=2)
     with monkeypatch.context() as patch:
-        _on_put(patch, writer, "/.metadata", _FailingStream)
+        on_put(patch, writer.fs.client, "/.metadata", FailingUpload)
         with pytest.raises(CheckpointException):
             dcp.save(_state_dict(version), storage_writer=writer)
 
@@ -287,7 +249,7 @@ def test_delete_orphaned_files_spares_a_save_in_progress(s3_server, bucket, monk
         return stream
 
     writer = _writer(url, path, thread_count=2)
-    _on_put(monkeypatch, writer, "/.metadata", hold)
+    on_put(monkeypatch, writer.fs.client, "/.metadata", hold)
     errors = []
     saving = threading.Thread(target=lambda: _run(errors, dcp.save, _state_dict(2), storage_writer=writer))
     saving.start()
