@@ -86,14 +86,14 @@ class S3StorageWriter(FileSystemWriter):
         self.path = self.fs.init_path(path)
         self.prefix_strategy = prefix_strategy or DefaultPrefixStrategy()
         self.sync_files = False
-        self.is_coordinator = False
+        self._is_coordinator = False
         # Data files of the checkpoint this save replaces: deleted after the switch.
         self._previous_files: FrozenSet[str] = frozenset()
 
     def set_up_storage_writer(self, is_coordinator: bool, *args, **kwargs) -> None:
         """Note the rank, and whether this rank writes ``.metadata`` (the coordinator)."""
         super().set_up_storage_writer(is_coordinator, *args, **kwargs)
-        self.is_coordinator = is_coordinator
+        self._is_coordinator = is_coordinator
 
     def _writes_own_metadata(self) -> bool:
         # use_collectives=False: every rank writes its own __{rank}.metadata.
@@ -117,7 +117,7 @@ class S3StorageWriter(FileSystemWriter):
             (every rank's save fails with it).
         """
         self._previous_files = frozenset()
-        if self.is_coordinator or self._writes_own_metadata():
+        if self._is_coordinator or self._writes_own_metadata():
             bucket, key = parse_s3_uri(os.fspath(self._switch_path()))
             try:
                 files = read_referenced_files(self.fs.client, bucket, key)
