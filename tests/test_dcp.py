@@ -1,6 +1,5 @@
 """torch.distributed.checkpoint on S3 over HTTP, on both loopback servers."""
 import ctypes
-import os
 import pickle
 import re
 import threading
@@ -28,6 +27,7 @@ from s3io.dcp import _load_torch
 from s3io.s3reader import S3ReaderConstructor
 
 from _upload_faults import FailingUpload, on_put
+from conftest import require_peer
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.distributed is disabled"),
@@ -338,14 +338,6 @@ def test_storage_metadata_stamped_per_rank(s3_server, bucket):
 # -- interop -----------------------------------------------------------------------------
 
 
-def _require_s3torchconnector():
-    """s3torchconnector, the peer the interop tests compare with: under CI its absence fails the test."""
-    if os.environ.get("CI") == "true":
-        import s3torchconnector  # noqa: F401  (an ImportError fails the test)
-    else:
-        pytest.importorskip("s3torchconnector")
-
-
 # s3torchconnector's CRT uploads fail against rclone: its cases run on moto only.
 ON_MOTO = pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
 
@@ -393,7 +385,7 @@ def test_torch_checkpoint_uploaded_loads(s3_server, bucket, tmp_path, constructo
 
 def _s3tc(server):
     """s3torchconnector 1.5.0's client config and client for this server (its DCP classes take no endpoint)."""
-    _require_s3torchconnector()
+    require_peer("s3torchconnector")
     from s3torchconnector import S3ClientConfig as RefConfig
     from s3torchconnector._s3client import S3Client as RefClient
 
