@@ -11,14 +11,15 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from ._checks import check_bucket_key
 from ._config import S3ClientConfig
-from ._exceptions import S3BucketNotFound, S3Exception, S3ObjectNotFound
+from ._exceptions import S3Exception
 from ._handle import ObjectHandle
 from ._listing import ListObjectStream
 from ._metadata import HeadObjectResult, ObjectInfo
 from ._multipart import MAX_SINGLE_COPY, copy_in_parts
 from ._pin import VersionPin
 from ._stream import GetObjectStream, fetch_into
-from ._transport import Transport, resolve_endpoint
+from ._boto import resolve_endpoint
+from ._transport import Transport
 
 __all__ = ["S3Client"]
 
@@ -159,28 +160,7 @@ class S3Client:
         S3ObjectNotFound, S3BucketNotFound, S3AccessDenied, S3Exception
         """
         check_bucket_key(bucket, key)
-        try:
-            return self._transport.head_object(bucket, key)
-        except S3ObjectNotFound as error:
-            if error.code in (None, "404", "NotFound"):
-                raise self._refine_not_found(error, bucket, key) from error
-            raise
-
-    def _refine_not_found(self, error: S3Exception, bucket: str, key: str) -> S3Exception:
-        """A HEAD 404 has no error code in a body: ask whether the bucket exists."""
-        try:
-            self._transport.call("head_bucket", bucket, None, Bucket=bucket)
-        except S3Exception as exc:
-            if exc.status == 404:
-                return S3BucketNotFound(
-                    f"HeadObject s3://{bucket}/{key} failed: bucket {bucket!r} does not exist (HTTP 404)",
-                    status=404,
-                    code="NoSuchBucket",
-                    bucket=bucket,
-                    key=key,
-                    request_id=error.request_id,
-                )
-        return error
+        return self._transport.head_object(bucket, key)
 
     def put_object(self, bucket: str, key: str, storage_class: Optional[str] = None):
         """A writer for ``s3://bucket/key``; the object appears when it is closed.
@@ -261,7 +241,7 @@ class S3Client:
         check_bucket_key(bucket, key)
         return GetObjectStream(
             self._transport.get_object, bucket, key, start, end,
-            pin=VersionPin(bucket, key, etag), max_attempts=self._config.max_attempts,
+            pin=VersionPin(bucket, key, etag), retry=self._transport.retry,
         )
 
     def fetch_into(self, bucket: str, key: str, start: int, dest, *, etag: Optional[str] = None) -> str:
@@ -282,7 +262,8 @@ class S3Client:
         S3ObjectChanged
             ``etag`` was given and the object no longer has it.
         """
-        return fetch_into(
-            self._transport.get_object, bucket, key, start, dest,
-            pin=VersionPin(bucket, key, etag), max_attempts=self._config.max_attempts,
-        )
+        with self._transport.limit:  # callers run this from parallel workers
+            return fetch_into(
+                self._transport.get_object, bucket, key, start, dest,
+                pin=VersionPin(bucket, key, etag), retry=self._transport.retry,
+            )

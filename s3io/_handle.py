@@ -70,15 +70,20 @@ class ObjectHandle:
         """A lazy stream of bytes ``[start, end)`` of this version."""
         return GetObjectStream(
             self._transport.get_object, self.bucket, self.key, start, end,
-            pin=self._pin, max_attempts=self._transport.config.max_attempts, chunk_size=chunk_size,
+            pin=self._pin, retry=self._transport.retry, chunk_size=chunk_size,
         )
 
     def fetch_into(self, start: int, dest) -> str:
-        """Fill ``dest`` with bytes ``[start, start + len(dest))`` of this version; return the version."""
-        return fetch_into(
-            self._transport.get_object, self.bucket, self.key, start, dest,
-            pin=self._pin, max_attempts=self._transport.config.max_attempts,
-        )
+        """Fill ``dest`` with bytes ``[start, start + len(dest))`` of this version; return the version.
+
+        Holds a slot of the client's adaptive concurrency limit while it runs:
+        parallel paths call this from their workers.
+        """
+        with self._transport.limit:
+            return fetch_into(
+                self._transport.get_object, self.bucket, self.key, start, dest,
+                pin=self._pin, retry=self._transport.retry,
+            )
 
     def __repr__(self) -> str:
         return f"ObjectHandle(s3://{self.bucket}/{self.key}, etag={self._pin.version!r})"

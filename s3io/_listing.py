@@ -6,7 +6,8 @@ from typing import Optional
 from ._checks import check_bucket_key
 from ._metadata import ListObjectResult, ObjectInfo
 from ._pin import normalize_etag
-from ._transport import Transport, epoch_seconds
+from ._boto import epoch_seconds
+from ._transport import Transport
 
 __all__ = ["ListObjectStream"]
 

@@ -11,18 +11,14 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
-import random
 import re
-import time
 from typing import Callable, Optional
-
-import botocore.exceptions
-import urllib3.exceptions
 
 from ._checks import check_bucket_key, writable_view
 from ._exceptions import S3Exception, S3IncompleteRead, S3InvalidRange, S3ObjectChanged
 from ._memory import allocate, finish_bytes
 from ._pin import VersionPin, response_version
+from ._retry import TRANSIENT_ERRORS, RetryPolicy
 
 __all__ = ["GetObjectStream", "DEFAULT_CHUNK_SIZE", "SendGet", "fetch_into"]
 
@@ -31,20 +27,7 @@ log = logging.getLogger(__name__)
 # Iteration yields chunks of this size: big enough that per-chunk Python work is
 # noise next to moving the bytes, small enough that the first chunk comes soon.
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
-_BACKOFF_BASE = 0.05  # seconds; full jitter over base * 2**attempt
-_BACKOFF_CAP = 5.0
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-
-# Errors while reading a body that a fresh ranged GET may cure.
-_TRANSIENT_BODY_ERRORS = (
-    OSError,  # ConnectionResetError, socket timeouts
-    http.client.HTTPException,  # IncompleteRead
-    urllib3.exceptions.HTTPError,  # ProtocolError, ReadTimeoutError
-    botocore.exceptions.ResponseStreamingError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.IncompleteReadError,
-    botocore.exceptions.ConnectionError,
-)
 
 SendGet = Callable  # send_get(bucket, key, range_header, if_match) -> GetResponse or None (416)
 
@@ -72,8 +55,9 @@ class GetObjectStream:
         The version every response must come from; shared by the streams of
         one reader.  Without it, the first response's version is pinned for
         this stream's resumed requests.
-    max_attempts : int, default 10
-        Failures in a row without progress before giving up.
+    retry : RetryPolicy, optional
+        The client's policy: attempts without progress, backoff and budget
+        before a cut body is resumed (default: 10 attempts, a budget of its own).
     chunk_size : int, optional
         Size of the chunks iteration yields.
     """
@@ -87,7 +71,7 @@ class GetObjectStream:
         end: Optional[int] = None,
         *,
         pin: Optional[VersionPin] = None,
-        max_attempts: int = 10,
+        retry: Optional[RetryPolicy] = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         for name, value in (("start", start), ("end", end)):
@@ -102,7 +86,7 @@ class GetObjectStream:
         self.bucket = bucket
         self.key = key
         self._send_get = send_get
-        self._max_attempts = max_attempts
+        self._retry = retry if retry is not None else RetryPolicy(10)
         self._ranged = start is not None or end is not None
         self._start = start or 0
         self._end = end  # as asked (exclusive)
@@ -252,7 +236,7 @@ class GetObjectStream:
                 want = min(want, self._stop - self._pos)
             try:
                 n = self._body.readinto(view[total : total + want])
-            except _TRANSIENT_BODY_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 self._drop_body(complete=False)
                 self._failed(exc)
                 continue
@@ -271,19 +255,18 @@ class GetObjectStream:
         return total
 
     def _failed(self, exc: Optional[BaseException]) -> None:
-        """Count a failure without progress; back off, or give up after max_attempts."""
+        """Count a failure without progress; back off under the retry policy, or give up."""
         self._failures += 1
-        attempts = self._max_attempts
+        if isinstance(exc, http.client.IncompleteRead):
+            exc = None  # the connection closed before the announced length: the body ended early
         what = "body ended early" if exc is None else f"{type(exc).__name__}: {exc}"
         where = f"s3://{self.bucket}/{self.key} at byte {self._pos}"
-        if self._failures >= attempts:
+        if not self._retry.may_resume(self._failures):
             message = f"{where}: {what}; gave up after {self._failures} attempts"
             if exc is None:
                 raise S3IncompleteRead(message, bucket=self.bucket, key=self.key)
             raise S3Exception(message, bucket=self.bucket, key=self.key) from exc
-        delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (self._failures - 1)))
-        log.info("%s: %s; resuming in %.3f s (attempt %d of %d)", where, what, delay, self._failures + 1, attempts)
-        time.sleep(delay)
+        log.info("%s: %s; resumed (attempt %d of %d)", where, what, self._failures + 1, self._retry.max_attempts)
 
     def _range_header(self) -> Optional[str]:
         if not self._ranged and self._pos == 0:
@@ -382,7 +365,7 @@ def _full_object_crc32(response) -> Optional[int]:
 
 
 def fetch_into(
-    send_get: SendGet, bucket: str, key: str, start: int, dest, *, pin: VersionPin, max_attempts: int = 10
+    send_get: SendGet, bucket: str, key: str, start: int, dest, *, pin: VersionPin, retry: Optional[RetryPolicy] = None
 ) -> str:
     """Fill all of the writable ``dest`` with bytes ``[start, start + len(dest))`` of one version.
 
@@ -406,7 +389,7 @@ def fetch_into(
     size = len(view)
     if size == 0:
         return pin.version or ""
-    stream = GetObjectStream(send_get, bucket, key, start, start + size, pin=pin, max_attempts=max_attempts)
+    stream = GetObjectStream(send_get, bucket, key, start, start + size, pin=pin, retry=retry)
     try:
         got = stream.readinto(view)
     finally:

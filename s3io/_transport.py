@@ -1,141 +1,55 @@
 """Transport: the requests of one :class:`~s3io.S3Client`, per process.
 
-It owns what must not cross a fork: the boto3 client (its connections), and
-the thread pool that runs parallel part requests.  After a fork the child
-builds its own on first use and leaves the parent's untouched (their sockets
-are shared with the parent).  Every error comes out as an
-:class:`~s3io.S3Exception` subclass (see ``_errors``).
+The hot operations (GET into caller memory, HEAD, PutObject, UploadPart) go
+out on s3io's lean path: a request signed by ``_sigv4`` on a keep-alive
+connection of ``_http``, to the URL ``_routes`` cached for the bucket.  Per
+request that costs a fraction of botocore's machinery (endpoint rules, event
+hooks, parsing).  Everything else (listing, delete, copy, multipart control)
+goes through boto3 (``_boto``).  Both are retried by one policy
+(``_retry.RetryPolicy``) and report throttling to the client's
+``ConcurrencyLimit``.
 
-The hot operations (GET into caller memory, HEAD, PUT, UploadPart) have
-methods of their own that return plain values, so the layers above never see
-a botocore response; everything else goes through :meth:`Transport.call`.
+The transport owns what must not cross a fork: connections, the boto3 client
+and the thread pool.  After a fork the child builds its own on first use and
+leaves the parent's untouched (their sockets are shared with the parent).
+Every error comes out as an :class:`~s3io.S3Exception` subclass.
 """
 from __future__ import annotations
 
-import datetime
-import email.utils
+import html
+import itertools
 import logging
 import os
+import re
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Optional
-from urllib.parse import urlparse
+from typing import Any, Callable, Dict, Optional
 
-import boto3
-import botocore
-import botocore.config
 import botocore.exceptions
-import botocore.parsers
 
-from . import _redact
+from . import _boto
 from ._config import S3ClientConfig
-from ._errors import REQUEST_ERRORS, translate
+from ._errors import s3_error, translate
+from ._exceptions import S3BucketNotFound, S3Exception, S3ObjectNotFound
+from ._http import Response
 from ._metadata import HeadObjectResult
 from ._pin import normalize_etag
+from ._retry import ConcurrencyLimit, RetryPolicy, is_throttle
+from ._routes import Route, Routes, query_string
 
-__all__ = ["Transport", "GetResponse", "ResponseBody", "epoch_seconds", "is_aws_endpoint", "operation_name", "resolve_endpoint"]
+__all__ = ["Transport", "GetResponse", "operation_name"]
 
 log = logging.getLogger(__name__)
 
-
-def resolve_endpoint(endpoint: Optional[str], config: S3ClientConfig) -> Optional[str]:
-    """The endpoint URL: the argument, the config, then ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``."""
-    for value in (endpoint, config.endpoint_url, os.environ.get("AWS_ENDPOINT_URL_S3"), os.environ.get("AWS_ENDPOINT_URL")):
-        if value:
-            return value
-    return None
-
-
-def is_aws_endpoint(url: str) -> bool:
-    """True for ``*.amazonaws.com`` endpoints (which take virtual-hosted addressing)."""
-    host = (urlparse(url).hostname or "").lower()
-    return host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
-
-
-def epoch_seconds(value) -> int:
-    """Seconds since the epoch of a botocore timestamp (0 when missing)."""
-    if isinstance(value, datetime.datetime):
-        return int(value.timestamp())
-    return int(value or 0)
-
-
-def _parse_timestamp(value):
-    """botocore's timestamp parser, minus dateutil for the two formats S3 sends.
-
-    botocore parses every ``Last-Modified`` with dateutil, about 6% of the CPU
-    of a small ranged GET; the stdlib parses RFC 1123 and ISO 8601 faster.
-    """
-    if isinstance(value, str):
-        try:
-            if value[:1].isdigit():
-                parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            else:
-                parsed = email.utils.parsedate_to_datetime(value)
-            if parsed.tzinfo is not None:
-                return parsed
-        except (ValueError, TypeError, IndexError):
-            pass
-    return botocore.parsers.DEFAULT_TIMESTAMP_PARSER(value)
+_REDIRECT_STATUS = (301, 307, 400)  # a wrong region: S3 names the right one in x-amz-bucket-region
+_XML_FIELD = re.compile(r"<(Code|Message|RequestId)>([^<]*)</\1>")
 
 
 def operation_name(operation: str) -> str:
     """``get_object`` -> ``GetObject``: the S3 name errors show."""
     return "".join(part.capitalize() for part in operation.split("_"))
-
-
-class ResponseBody:
-    """One HTTP response body: ``readinto`` from the socket, and connection hand-back.
-
-    botocore's ``StreamingBody`` wraps a urllib3 ``HTTPResponse`` whose ``_fp``
-    is an ``http.client.HTTPResponse``; its ``readinto`` goes from the socket
-    straight into the destination (large reads bypass the socket file's
-    buffer), so a ranged GET costs no intermediate copy.  When those
-    attributes are missing (another HTTP layer), ``read`` plus one copy.
-    """
-
-    __slots__ = ("_body", "_raw", "_fp")
-
-    def __init__(self, streaming_body) -> None:
-        self._body = streaming_body
-        raw = getattr(streaming_body, "_raw_stream", None)
-        fp = getattr(raw, "_fp", None)
-        # Only when urllib3 has buffered nothing and decodes nothing may we read
-        # around it (botocore asks for decode_content=False).
-        decoded = getattr(raw, "_decoded_buffer", None)
-        if (
-            fp is not None
-            and callable(getattr(fp, "readinto", None))
-            and getattr(raw, "_decoder", None) is None
-            and (decoded is None or len(decoded) == 0)
-        ):
-            self._raw, self._fp = raw, fp
-        else:
-            self._raw, self._fp = None, None
-
-    def readinto(self, view: memoryview) -> int:
-        """Read up to ``len(view)`` bytes into ``view``; 0 at the end of the body."""
-        if self._fp is not None:
-            return self._fp.readinto(view)
-        data = self._body.read(len(view))
-        n = len(data)
-        view[:n] = data
-        return n
-
-    def close(self, complete: bool) -> None:
-        """Give the connection back to the pool if the body was read to its end, else drop it."""
-        raw = self._raw
-        try:
-            if raw is not None:
-                if complete and self._fp.isclosed():
-                    raw.release_conn()  # what urllib3 does itself once a body is consumed
-                else:
-                    raw.close()  # unread bytes on the wire: the connection is unusable
-                    raw.release_conn()
-            else:
-                self._body.close()
-        except Exception:  # closing must never mask the real outcome
-            log.debug("closing a response body failed", exc_info=True)
 
 
 class GetResponse:
@@ -150,7 +64,8 @@ class GetResponse:
         As sent (``last_modified`` is the raw header text).
     checksum_crc32, checksum_type : str or None
         Full-object checksum headers, if the store sent them.
-    body : ResponseBody
+    body
+        ``readinto(view) -> int`` and ``close(complete)``.
     """
 
     __slots__ = (
@@ -173,12 +88,41 @@ _all_transports: "weakref.WeakSet[Transport]" = weakref.WeakSet()
 _orphans: list = []
 
 
+# One adaptive limit per store (endpoint and region) and concurrency: a store throttles its
+# clients together, so every client of one process that talks to it shares what was learned.
+_limits: Dict[tuple, ConcurrencyLimit] = {}
+_limits_lock = threading.Lock()
+
+
+def _shared_limit(endpoint_url: Optional[str], region: Optional[str], maximum: int) -> ConcurrencyLimit:
+    key = (endpoint_url, region, maximum)
+    with _limits_lock:
+        limit = _limits.get(key)
+        if limit is None:
+            limit = _limits[key] = ConcurrencyLimit(maximum)
+        return limit
+
+
 def _after_fork_in_child() -> None:
+    global _limits_lock
+    _limits_lock = threading.Lock()
+    _limits.clear()
     for transport in list(_all_transports):
         transport._reset_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _ProcessState:
+    """What one process of a transport owns: the boto3 session and clients, routes, the pool."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.session = None
+        self.clients: Dict[Optional[str], Any] = {}  # region (None: default) -> boto3 client
+        self.routes: Optional[Routes] = None
+        self.executor: Optional[ThreadPoolExecutor] = None
 
 
 class Transport:
@@ -192,7 +136,15 @@ class Transport:
         None: AWS's endpoint for the region.
     config : S3ClientConfig
     user_agent : str
-        Appended to botocore's User-Agent.
+        Sent in the User-Agent header (botocore appends it to its own).
+
+    Attributes
+    ----------
+    retry : RetryPolicy
+        Attempts, backoff and the retry budget of every request.
+    limit : ConcurrencyLimit
+        The adaptive cap the parallel paths hold a slot of per request; shared
+        by the clients of this process that talk to the same store.
     """
 
     def __init__(self, region: Optional[str], endpoint_url: Optional[str], config: S3ClientConfig, user_agent: str) -> None:
@@ -201,164 +153,350 @@ class Transport:
         self.config = config
         self.user_agent = user_agent
         self._payer: Dict[str, str] = {"RequestPayer": "requester"} if config.requester_pays else {}
+        self._payer_header: Dict[str, str] = {"x-amz-request-payer": "requester"} if config.requester_pays else {}
+        self._lock = threading.Lock()
         self._init_process_state()
         _all_transports.add(self)
 
     def _init_process_state(self) -> None:
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._boto_client = None
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._state = _ProcessState()
+        self.retry = RetryPolicy(self.config.max_attempts)
+        self.limit = _shared_limit(self.endpoint_url, self.region, self.config.max_concurrency)
 
     def _reset_after_fork(self) -> None:
         # Keep the parent's objects referenced so that nothing of theirs is
         # closed from the child (their sockets are shared with the parent).
-        _orphans.append((self._boto_client, self._pool))
+        _orphans.append(self._state)
+        self._lock = threading.Lock()
         self._init_process_state()
 
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():  # forked without the at-fork hook (e.g. os.fork in C)
+    def _process(self) -> _ProcessState:
+        state = self._state
+        if state.pid != os.getpid():  # forked without the at-fork hook (e.g. os.fork in C)
             self._reset_after_fork()
+            state = self._state
+        return state
 
     # -- per-process resources ------------------------------------------------------
+
+    def _session(self, state: _ProcessState):
+        if state.session is None:
+            with self._lock:
+                if state.session is None:
+                    state.session = _boto.build_session(self.config, self.region)
+        return state.session
+
+    def boto3_client_for(self, region: Optional[str] = None):
+        """This process's boto3 S3 client (for ``region``; None: the client's own)."""
+        state = self._process()
+        client = state.clients.get(region)
+        if client is None:
+            session = self._session(state)
+            with self._lock:
+                client = state.clients.get(region)
+                if client is None:
+                    client = state.clients[region] = _boto.build_client(
+                        session, self.config, self.endpoint_url, self.user_agent, region
+                    )
+        return client
 
     @property
     def boto3_client(self):
         """This process's boto3 S3 client (built on first use)."""
-        self._check_pid()
-        client = self._boto_client
-        if client is None:
-            with self._lock:
-                client = self._boto_client
-                if client is None:
-                    client = self._boto_client = self._build_boto3_client()
-        return client
+        return self.boto3_client_for(None)
 
-    def _build_boto3_client(self):
-        config = self.config
-        session = boto3.session.Session(profile_name=config.profile, region_name=self.region or None)
-        if not config.unsigned:
-            _remember_credentials(session)
-            _redact.install()
-        parsers = session._session.get_component("response_parser_factory")
-        parsers.set_parser_defaults(timestamp_parser=_parse_timestamp)
-        region = session.region_name or "us-east-1"
-        endpoint = self.endpoint_url
-        path_style = config.force_path_style or (endpoint is not None and not is_aws_endpoint(endpoint))
-        boto_config = botocore.config.Config(
-            region_name=region,
-            signature_version=botocore.UNSIGNED if config.unsigned else None,
-            s3={
-                "addressing_style": "path" if path_style else "auto",
-                # Bodies are not hashed for signing: a SHA-256 of every byte
-                # uploaded costs more CPU than the upload itself.
-                "payload_signing_enabled": False,
-            },
-            retries={"mode": "standard", "total_max_attempts": config.max_attempts},  # first try included
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-            # Parallel part requests plus a few foreground ones, never waiting on the pool.
-            max_pool_connections=max(10, 2 * config.max_concurrency + 4),
-            user_agent_extra=self.user_agent,
-            # Third-party stores reject the new default checksums (botocore >= 1.36), and
-            # rclone returns whole-object checksums on ranged GETs that would fail validation.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            tcp_keepalive=True,
-        )
-        return session.client("s3", endpoint_url=endpoint, config=boto_config)
+    def _routes(self) -> Routes:
+        state = self._process()
+        routes = state.routes
+        if routes is None:
+            session = self._session(state)
+            with self._lock:
+                routes = state.routes
+                if routes is None:
+                    routes = state.routes = Routes(self.config, session, self.boto3_client_for, self.endpoint_url)
+        return routes
 
     def executor(self) -> ThreadPoolExecutor:
         """The pool running parallel part requests (per process, ``max_concurrency`` threads)."""
-        self._check_pid()
-        pool = self._pool
+        state = self._process()
+        pool = state.executor
         if pool is None:
             with self._lock:
-                pool = self._pool
+                pool = state.executor
                 if pool is None:
-                    pool = self._pool = ThreadPoolExecutor(
+                    pool = state.executor = ThreadPoolExecutor(
                         max_workers=self.config.max_concurrency, thread_name_prefix="s3io"
                     )
         return pool
 
-    # -- requests ---------------------------------------------------------------------
+    def _route(self, operation: str, bucket: str, key: str) -> Optional[Route]:
+        """The bucket's route (None: boto3); setup errors (unknown profile, ...) as S3Exception."""
+        try:
+            return self._routes().get(bucket)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise translate(exc, operation_name(operation), bucket, key) from exc
+
+    # -- retries ---------------------------------------------------------------------
+
+    def _retrying(self, operation: str, bucket: Optional[str], key: Optional[str], attempt: Callable[[], Any]):
+        """Run ``attempt()`` under the retry policy; report throttles and successes to the limit.
+
+        Returns ``(result, unanswered)``: how many failed attempts got no answer
+        from the store (the request may have taken effect anyway).
+        """
+        policy = self.retry
+        limit = self.limit
+        unanswered = 0
+        for number in itertools.count(1):
+            started = time.monotonic()
+            level = limit.in_flight
+            try:
+                result = attempt()
+            except Exception as exc:
+                if is_throttle(exc):
+                    limit.observe(True, started, level)
+                if not isinstance(exc, (S3Exception, botocore.exceptions.ClientError)):
+                    unanswered += 1
+                if policy.may_retry(number, exc):
+                    log.debug("%s s3://%s/%s: attempt %d failed (%s); retrying", operation, bucket, key, number, exc)
+                    continue
+                if isinstance(exc, S3Exception):
+                    raise
+                raise translate(exc, operation_name(operation), bucket, key) from exc
+            limit.observe(False, started, level)
+            return result, unanswered
+
+    # -- boto3 operations ---------------------------------------------------------------
 
     def call(self, operation: str, bucket: Optional[str], key: Optional[str], **kwargs) -> Dict[str, Any]:
-        """Call the boto3 method ``operation`` (snake_case); its errors as S3Exception.
+        """Call the boto3 method ``operation`` (snake_case), retried; its errors as S3Exception.
 
         ``RequestPayer`` is added for requester-pays clients where the
-        operation takes it.
+        operation takes it.  ``ResponseMetadata.UnansweredAttempts`` counts the
+        failed attempts the store never answered (which may have taken effect).
         """
         if self._payer and operation != "head_bucket":
             kwargs.update(self._payer)
-        try:
+
+        def attempt():
             return getattr(self.boto3_client, operation)(**kwargs)
-        except REQUEST_ERRORS as exc:
-            raise translate(exc, operation_name(operation), bucket, key) from exc
+
+        response, unanswered = self._retrying(operation, bucket, key, attempt)
+        response.setdefault("ResponseMetadata", {})["UnansweredAttempts"] = unanswered
+        return response
+
+    # -- the lean path ----------------------------------------------------------------------
+
+    def _send(
+        self,
+        operation: str,
+        method: str,
+        bucket: str,
+        key: str,
+        route: Route,
+        headers: Dict[str, str],
+        *,
+        query: str = "",
+        body=None,
+        ok_status=(200, 206),
+    ) -> Response:
+        """One attempt on the lean path; an error answer raised as S3Exception (a wrong region: followed once)."""
+        for hop in range(2):
+            path = route.path(key)
+            sent = dict(headers)
+            sent.update(self._payer_header)
+            if route.signer is not None:
+                route.signer.sign(method, route.pool.origin.host_header, path, sent, query)
+            sent["user-agent"] = self.user_agent
+            response = route.pool.request(method, path + ("?" + query if query else ""), sent, body)
+            if response.status in ok_status:
+                return response
+            region = response.headers.get("x-amz-bucket-region")
+            if hop == 0 and response.status in _REDIRECT_STATUS and region and region != route.region:
+                response.close()
+                log.info("s3://%s is in %s, not %s: following", bucket, region, route.region)
+                route = self._routes().redirect(bucket, region)
+                if route is None:
+                    raise s3_error(operation_name(operation), bucket, key, status=response.status, code="PermanentRedirect",
+                                   detail=f"the bucket is in {region}")
+                continue
+            raise self._error(operation, bucket, key, response, method)
+        raise AssertionError("unreachable")
+
+    def _error(self, operation: str, bucket: str, key: str, response: Response, method: str) -> S3Exception:
+        headers = response.headers
+        fields = {}
+        if method != "HEAD":
+            try:
+                text = response.read(limit=64 * 1024).decode("utf-8", "replace")
+                fields = {name: html.unescape(value) for name, value in _XML_FIELD.findall(text)}
+            except (OSError, ValueError):  # the body is a detail; the status says enough
+                pass
+        response.close()
+        return s3_error(
+            operation_name(operation),
+            bucket,
+            key,
+            status=response.status,
+            code=fields.get("Code") or None,
+            detail=fields.get("Message") or "",
+            request_id=headers.get("x-amz-request-id") or fields.get("RequestId"),
+        )
+
+    # -- hot operations --------------------------------------------------------------------
 
     def get_object(
         self, bucket: str, key: str, range_header: Optional[str] = None, if_match: Optional[str] = None
     ) -> Optional[GetResponse]:
         """One GetObject; None when a range was asked for and the object holds none of it (416)."""
+        route = self._route("get_object", bucket, key)
+        if route is None:
+            return self._boto3_get(bucket, key, range_header, if_match)
+        headers: Dict[str, str] = {}
+        if range_header is not None:
+            headers["range"] = range_header
+        if if_match:
+            headers["if-match"] = if_match
+        ok = (200, 206, 416) if range_header is not None else (200, 206)
+
+        def attempt():
+            return self._send("get_object", "GET", bucket, key, route, headers, ok_status=ok)
+
+        response, _ = self._retrying("get_object", bucket, key, attempt)
+        if response.status == 416:
+            response.close()
+            return None
+        h = response.headers
+        return GetResponse(
+            status=response.status,
+            content_length=response.content_length,
+            content_range=h.get("content-range"),
+            etag=h.get("etag"),
+            last_modified=h.get("last-modified"),
+            checksum_crc32=h.get("x-amz-checksum-crc32"),
+            checksum_type=h.get("x-amz-checksum-type"),
+            body=response,
+        )
+
+    def _boto3_get(self, bucket, key, range_header, if_match) -> Optional[GetResponse]:
         kwargs: Dict[str, Any] = dict(Bucket=bucket, Key=key, **self._payer)
         if range_header is not None:
             kwargs["Range"] = range_header
         if if_match:
             kwargs["IfMatch"] = if_match
-        try:
-            response = self.boto3_client.get_object(**kwargs)
-        except botocore.exceptions.ClientError as exc:
-            status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-            code = (exc.response.get("Error") or {}).get("Code")
-            if range_header is not None and (status == 416 or code == "InvalidRange"):
-                return None
-            raise translate(exc, "GetObject", bucket, key) from exc
-        except REQUEST_ERRORS as exc:
-            raise translate(exc, "GetObject", bucket, key) from exc
+
+        def attempt():
+            try:
+                return self.boto3_client.get_object(**kwargs)
+            except botocore.exceptions.ClientError as exc:
+                status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+                code = (exc.response.get("Error") or {}).get("Code")
+                if range_header is not None and (status == 416 or code == "InvalidRange"):
+                    return None
+                raise
+
+        response, _ = self._retrying("get_object", bucket, key, attempt)
+        if response is None:
+            return None
         meta = response.get("ResponseMetadata") or {}
-        headers = meta.get("HTTPHeaders") or {}
         return GetResponse(
             status=meta.get("HTTPStatusCode"),
             content_length=response.get("ContentLength"),
             content_range=response.get("ContentRange"),
             etag=response.get("ETag"),
-            last_modified=headers.get("last-modified"),
+            last_modified=(meta.get("HTTPHeaders") or {}).get("last-modified"),
             checksum_crc32=response.get("ChecksumCRC32"),
             checksum_type=response.get("ChecksumType"),
-            body=ResponseBody(response["Body"]),
+            body=_boto.ResponseBody(response["Body"]),
         )
 
     def head_object(self, bucket: str, key: str) -> HeadObjectResult:
-        """HeadObject (a 404 is :class:`~s3io.S3ObjectNotFound`: HEAD carries no error code)."""
-        response = self.call("head_object", bucket, key, Bucket=bucket, Key=key)
+        """HeadObject.
+
+        A HEAD answer has no body, so a 404 carries no error code: whether the
+        key or the bucket is missing is asked with HeadBucket.
+
+        Raises
+        ------
+        S3ObjectNotFound, S3BucketNotFound, S3AccessDenied, S3Exception
+        """
+        try:
+            return self._head_object(bucket, key)
+        except S3ObjectNotFound as error:
+            if error.code not in (None, "404", "NotFound"):
+                raise
+            try:
+                self.call("head_bucket", bucket, None, Bucket=bucket)
+            except S3Exception as exc:
+                if exc.status == 404:
+                    raise S3BucketNotFound(
+                        f"HeadObject s3://{bucket}/{key} failed: bucket {bucket!r} does not exist (HTTP 404)",
+                        status=404,
+                        code="NoSuchBucket",
+                        bucket=bucket,
+                        key=key,
+                        request_id=error.request_id,
+                    ) from error
+            raise
+
+    def _head_object(self, bucket: str, key: str) -> HeadObjectResult:
+        route = self._route("head_object", bucket, key)
+        if route is None:
+            response = self.call("head_object", bucket, key, Bucket=bucket, Key=key)
+            return HeadObjectResult(
+                etag=normalize_etag(response.get("ETag")) or "",
+                size=int(response.get("ContentLength") or 0),
+                last_modified=_boto.epoch_seconds(response.get("LastModified")),
+                storage_class=response.get("StorageClass"),
+            )
+
+        def attempt():
+            return self._send("head_object", "HEAD", bucket, key, route, {}, ok_status=(200,))
+
+        response, _ = self._retrying("head_object", bucket, key, attempt)
+        h = response.headers
         return HeadObjectResult(
-            etag=normalize_etag(response.get("ETag")) or "",
-            size=int(response.get("ContentLength") or 0),
-            last_modified=epoch_seconds(response.get("LastModified")),
-            storage_class=response.get("StorageClass"),
+            etag=normalize_etag(h.get("etag")) or "",
+            size=int(h.get("content-length") or 0),
+            last_modified=_boto.epoch_seconds(h.get("last-modified")),
+            storage_class=h.get("x-amz-storage-class"),
         )
 
     def put_object(self, bucket: str, key: str, body: bytes, *, storage_class: Optional[str] = None) -> None:
-        """PutObject of ``body`` (``bytes``: some stacks, moto's among them, reject other types)."""
-        extra = {"StorageClass": storage_class} if storage_class else {}
-        self.call("put_object", bucket, key, Bucket=bucket, Key=key, Body=body, **extra)
+        """PutObject of ``body``."""
+        route = self._route("put_object", bucket, key)
+        if route is None:
+            extra = {"StorageClass": storage_class} if storage_class else {}
+            self.call("put_object", bucket, key, Bucket=bucket, Key=key, Body=body, **extra)
+            return
+        headers = {"x-amz-storage-class": storage_class} if storage_class else {}
+
+        def attempt():
+            self._send("put_object", "PUT", bucket, key, route, headers, body=body, ok_status=(200,)).read()
+
+        self._retrying("put_object", bucket, key, attempt)
 
     def upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: bytes) -> str:
         """UploadPart; returns the part's ETag."""
-        response = self.call(
-            "upload_part", bucket, key, Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-        )
-        return response["ETag"]
+        route = self._route("upload_part", bucket, key)
+        if route is None:
+            response = self.call(
+                "upload_part", bucket, key, Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            )
+            return response["ETag"]
+        query = query_string({"partNumber": str(number), "uploadId": upload_id})
+
+        def attempt():
+            response = self._send("upload_part", "PUT", bucket, key, route, {}, query=query, body=body, ok_status=(200,))
+            response.read()
+            etag = response.headers.get("etag")
+            if not etag:
+                raise s3_error("UploadPart", bucket, key, status=response.status, code="MissingETag",
+                               detail=f"part {number} was answered without an ETag")
+            return etag
+
+        etag, _ = self._retrying("upload_part", bucket, key, attempt)
+        return etag
 
     def __repr__(self) -> str:
         return f"Transport(region={self.region!r}, endpoint={self.endpoint_url!r})"
-
-
-def _remember_credentials(session) -> None:
-    try:
-        credentials = session.get_credentials()
-        frozen = credentials.get_frozen_credentials() if credentials is not None else None
-    except Exception:  # no credentials yet (unsigned clients, lazy providers)
-        frozen = None
-    if frozen is not None:
-        _redact.remember_secrets((frozen.secret_key, frozen.token))

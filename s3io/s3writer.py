@@ -201,7 +201,8 @@ class S3Writer(io.BufferedIOBase):
                 if self._upload is None:
                     part, self._buffer = self._buffer, None
                     body = b"" if part is None else part.to_bytes()
-                    self._transport.put_object(self.bucket, self.key, body, storage_class=self._storage_class)
+                    with self._transport.limit:  # writers run in parallel (DCP saves): they adapt to throttling
+                        self._transport.put_object(self.bucket, self.key, body, storage_class=self._storage_class)
                     return
                 if self._buffer is not None and self._buffer.filled:
                     part, self._buffer = self._buffer, None
@@ -210,7 +211,8 @@ class S3Writer(io.BufferedIOBase):
                 self._wait_for_parts()
                 if self._error is not None:
                     raise self._error
-                self._upload.complete()
+                with self._transport.limit:
+                    self._upload.complete()
                 self._upload = None
             except BaseException:
                 self._abort()
@@ -251,7 +253,8 @@ class S3Writer(io.BufferedIOBase):
 
     def _submit_part(self, part: bytes) -> None:
         if self._upload is None:
-            self._upload = MultipartUpload.start(self._transport, self.bucket, self.key, storage_class=self._storage_class)
+            with self._transport.limit:
+                self._upload = MultipartUpload.start(self._transport, self.bucket, self.key, storage_class=self._storage_class)
         self._slots.acquire()  # bounded memory: wait while the limit of parts is in flight
         if self._error is not None:
             self._slots.release()
@@ -267,7 +270,8 @@ class S3Writer(io.BufferedIOBase):
 
     def _upload_part(self, number: int, part: bytes) -> None:
         try:
-            self._upload.upload_part(number, part)
+            with self._transport.limit:  # parts run in parallel: they adapt to throttling
+                self._upload.upload_part(number, part)
         except BaseException as exc:
             if self._error is None:
                 self._error = exc

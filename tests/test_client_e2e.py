@@ -5,8 +5,8 @@ from functools import partial
 
 import pytest
 
+import s3io._http as http_module
 import s3io._stream as stream_module
-import s3io._transport as transport_module
 from s3io import S3Client, S3ClientConfig, S3Exception, S3ObjectNotFound, S3ReaderConstructor
 from s3io.s3reader import SequentialS3Reader
 from s3io.testing.faultproxy import FaultProxy
@@ -40,21 +40,24 @@ def test_ranged_gets_read_from_the_socket_into_the_callers_memory(client, bucket
     data = os.urandom(3 * MIB + 7)
     with client.put_object(bucket, "k") as writer:
         writer.write(data)
-    fast = []
-    real_init = transport_module.ResponseBody.__init__
+    targets = []
+    real_readinto = http_module.Response.readinto
 
-    def spy(self, body):
-        real_init(self, body)
-        fast.append(self._fp is not None)
+    def spy(self, view):
+        targets.append(view.obj)  # the object whose memory the socket writes into
+        return real_readinto(self, view)
 
-    monkeypatch.setattr(transport_module.ResponseBody, "__init__", spy)
+    monkeypatch.setattr(http_module.Response, "readinto", spy)
     dest = bytearray(MIB)
     client.fetch_into(bucket, "k", 5, dest)
     assert dest == data[5 : 5 + MIB]
-    view = memoryview(bytearray(2 * MIB))[MIB // 2 :]  # a view into the middle of a buffer
+    assert targets and all(target is dest for target in targets)
+    targets.clear()
+    backing = bytearray(2 * MIB)
+    view = memoryview(backing)[MIB // 2 :]  # a view into the middle of a buffer
     client.fetch_into(bucket, "k", MIB, view[:MIB])
     assert view[:MIB] == data[MIB : 2 * MIB]
-    assert fast and all(fast)
+    assert targets and all(target is backing for target in targets)
 
 
 def test_stream_chunks_are_fresh_objects(client, bucket):

@@ -11,6 +11,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 
+from _torch_read_path import TorchReadPath
 from s3io import S3ClientConfig
 from s3io._exceptions import S3Exception, S3ObjectChanged, S3ObjectNotFound
 from s3io.dcp import (
@@ -93,13 +94,6 @@ def _fetched_into(fetches, tensor):
     start = tensor.data_ptr()
     end = start + tensor.numel() * tensor.element_size()
     return sum(size for _, size, address in fetches if address is not None and start <= address < end)
-
-
-class _TorchReadPath(S3StorageReader):
-    """S3StorageReader with torch's own per-file read_data: DCPOptimizedS3Reader through create_stream."""
-
-    def read_data(self, plan, planner):
-        return FileSystemReader.read_data(self, plan, planner)
 
 
 def _state_dict():
@@ -215,7 +209,7 @@ def test_dcp_optimized_reader_through_torch_read_path(saved):
     # torch's per-file loop drives DCPOptimizedS3Reader via create_stream, on the ranges
     # that prepare_local_plan injected.
     server, bucket, path, sd = saved
-    reader = _TorchReadPath(server.region, path, s3client_config=_config(server))
+    reader = TorchReadPath(server.region, path, s3client_config=_config(server))
     out = _blank(sd)
     dcp.load(out, storage_reader=reader)
     _assert_same(sd, out)

@@ -43,6 +43,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
+from _torch_read_path import TorchReadPath
 from s3io import S3Client, S3ClientConfig, S3Exception, S3ObjectChanged, S3ReaderConstructor
 from s3io.dcp import S3FileSystem, S3StorageReader, S3StorageWriter
 from s3io.testing.faultproxy import FaultProxy
@@ -137,8 +138,7 @@ def _read_ranged(rig):
 
 def _read_dcp_optimized(rig):
     # torch's per-file loop drives DCPOptimizedS3Reader (the pipeline switched off).
-    reader = S3StorageReader("us-east-1", rig.ckpt, s3client_config=rig.config)
-    reader._use_pipeline = False
+    reader = TorchReadPath("us-east-1", rig.ckpt, s3client_config=rig.config)
     out = _blank()
     dcp.load(out, storage_reader=reader)
     return _same(rig.sd, out)
@@ -376,9 +376,8 @@ def test_checkpoint_overwritten_during_load_is_detected(s3_server, bucket, reade
     data_key = [o["Key"] for o in boto.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].endswith(".distcp")][0]
     with FaultProxy(s3_server.endpoint_url) as proxy:
         config = S3ClientConfig(endpoint_url=proxy.endpoint_url, max_attempts=2)
-        storage = S3StorageReader("us-east-1", path, s3client_config=config,
-                                  reader_constructor=S3ReaderConstructor.dcp_optimized(0))
-        storage._use_pipeline = reader == "dcp load pipeline"
+        kind = S3StorageReader if reader == "dcp load pipeline" else TorchReadPath
+        storage = kind("us-east-1", path, s3client_config=config, reader_constructor=S3ReaderConstructor.dcp_optimized(0))
         # A partial load ("a" and "c", not "b" between them) with max_gap_size 0 reads
         # the data file with two GETs at least; the file is replaced before the second.
         when, done = _overwrite_before_nth_get(boto, bucket, data_key, 2)

@@ -198,8 +198,8 @@ def _bench_coalesce(ctx, result, counts):
         inputs = {C: _dcp_like_ranges(c, count, isolated), PY: _dcp_like_ranges(py, count, isolated)}
         assert len(c.coalesce_ranges(inputs[C], gap)) == len(py.coalesce_ranges(inputs[PY], gap))
         wall, cpu = _time_calls(ctx, {
-            C: lambda: c.coalesce_ranges(inputs[C], gap),
-            PY: lambda: py.coalesce_ranges(inputs[PY], gap),
+            C: lambda ranges=inputs[C], gap=gap: c.coalesce_ranges(ranges, gap),
+            PY: lambda ranges=inputs[PY], gap=gap: py.coalesce_ranges(ranges, gap),
         }, ctx.repeat, "coalesce %s" % case)
         for name in (C, PY):
             result.rows.append(Row.from_times("coalesce %s" % case, name, wall[name], unit="ms"))
