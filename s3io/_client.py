@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Union
 
+from ._boto import resolve_endpoint
 from ._checks import check_bucket_key
 from ._config import S3ClientConfig
 from ._exceptions import S3Exception
@@ -18,8 +19,9 @@ from ._metadata import HeadObjectResult, ObjectInfo
 from ._multipart import MAX_SINGLE_COPY, copy_in_parts
 from ._pin import VersionPin
 from ._stream import GetObjectStream, fetch_into
-from ._boto import resolve_endpoint
 from ._transport import Transport
+from .s3reader.constructor import S3ReaderConstructor
+from .s3writer import S3Writer
 
 __all__ = ["S3Client"]
 
@@ -134,8 +136,6 @@ class S3Client:
         -------
         S3Reader
         """
-        from .s3reader.constructor import S3ReaderConstructor
-
         handle = self.object_handle(bucket, key, object_info=object_info)
         constructor = reader_constructor or S3ReaderConstructor.default()
         return constructor(bucket=bucket, key=key, get_object_info=handle.object_info, get_stream=handle)
@@ -169,8 +169,6 @@ class S3Client:
         -------
         S3Writer
         """
-        from .s3writer import S3Writer
-
         check_bucket_key(bucket, key)
         return S3Writer(self._transport, bucket, key, storage_class=storage_class)
 
@@ -262,6 +260,7 @@ class S3Client:
         S3ObjectChanged
             ``etag`` was given and the object no longer has it.
         """
+        check_bucket_key(bucket, key)
         with self._transport.limit:  # callers run this from parallel workers
             return fetch_into(
                 self._transport.get_object, bucket, key, start, dest,

@@ -22,7 +22,7 @@ from collections import deque
 from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
-__all__ = ["ConnectionPool", "Origin", "Response", "ResponseError"]
+__all__ = ["ConnectionPool", "Headers", "Origin", "Response", "ResponseError"]
 
 _MAX_HEAD = 64 * 1024  # S3 response heads are well under 2 KiB
 _RECV_CHUNK = 64 * 1024
@@ -89,30 +89,31 @@ class Response:
     Attributes
     ----------
     status : int
-    headers : dict of str to str
-        Lower-case names; a repeated header keeps its last value.
+    headers : Headers
+        ``headers.get("content-length")``: lower-case names.
     """
 
     __slots__ = ("status", "headers", "_pool", "_conn", "_remaining", "_chunked", "_chunk_left", "_keep_alive")
 
-    def __init__(self, pool: "ConnectionPool", conn: _Connection, status: int, headers: Dict[str, str], head_only: bool) -> None:
+    def __init__(self, pool: "ConnectionPool", conn: _Connection, status: int, headers: "Headers", head_only: bool) -> None:
         self.status = status
         self.headers = headers
         self._pool = pool
         self._conn: Optional[_Connection] = conn
-        self._keep_alive = headers.get("connection", "").lower() != "close"
+        self._keep_alive = True  # until the end of the body, where "Connection: close" is looked for
         self._chunked = False
         self._chunk_left = 0
+        length = headers.get("content-length")
         if head_only or status in (204, 304) or 100 <= status < 200:
             self._remaining: Optional[int] = 0
+        elif length is not None:  # a length and chunked together are not allowed (RFC 9112)
+            try:
+                self._remaining = int(length)
+            except ValueError:
+                raise ResponseError(f"bad Content-Length {length!r}") from None
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._chunked = True
             self._remaining = None
-        elif "content-length" in headers:
-            try:
-                self._remaining = int(headers["content-length"])
-            except ValueError:
-                raise ResponseError(f"bad Content-Length {headers['content-length']!r}") from None
         else:  # the body ends when the server closes the connection
             self._remaining = None
             self._keep_alive = False
@@ -236,7 +237,7 @@ class Response:
     def _release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            if self._keep_alive:
+            if self._keep_alive and self.headers.get("connection", "").lower() != "close":
                 self._pool.put(conn)
             else:
                 conn.close()
@@ -350,7 +351,7 @@ def _request_head(method: str, target: str, host: str, headers: Dict[str, str], 
     return "".join(lines).encode("latin-1")
 
 
-def _read_head(conn: _Connection, stale_ok: bool) -> Tuple[int, Dict[str, str]]:
+def _read_head(conn: _Connection, stale_ok: bool) -> Tuple[int, "Headers"]:
     data = conn.pending
     while True:
         end = data.find(b"\r\n\r\n")
@@ -369,15 +370,64 @@ def _read_head(conn: _Connection, stale_ok: bool) -> Tuple[int, Dict[str, str]]:
             if cut >= 0:
                 data = data[cut + 4 :]
     conn.pending = data[end + 4 :]
-    lines = data[:end].decode("latin-1").split("\r\n")
-    status_line = lines[0].split(" ", 2)
+    text = data[: end + 2].decode("latin-1")  # keep the last line's CRLF: every header line ends in one
+    first = text.find("\r\n")
+    status_line = text[:first].split(" ", 2)
     if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
-        raise ResponseError(f"bad status line {lines[0][:80]!r}")
-    headers: Dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
+        raise ResponseError(f"bad status line {text[:first][:80]!r}")
+    headers = Headers(text, first)
     if status_line[0] == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
-        headers["connection"] = "close"
+        headers.set("connection", "close")
     return int(status_line[1]), headers
+
+
+class Headers:
+    """The header lines of one response, looked up by lower-case name.
+
+    An answer carries some fifteen headers of which s3io reads a handful:
+    each lookup is one search of the lower-cased head (no dictionary of every
+    line is built).  A repeated header gives its first value.
+    """
+
+    __slots__ = ("_text", "_lower", "_start", "_extra")
+
+    def __init__(self, text: str, start: int) -> None:
+        self._text = text  # the head from the CRLF ending the status line, each line ending in CRLF
+        self._lower = text.lower()
+        self._start = start
+        self._extra: Optional[Dict[str, str]] = None
+
+    def get(self, name: str, default=None):
+        """The value of header ``name`` (lower case), blanks stripped; ``default`` if absent."""
+        if self._extra is not None and name in self._extra:
+            return self._extra[name]
+        at = self._lower.find("\r\n" + name + ":", self._start)
+        if at < 0:
+            return default
+        begin = at + len(name) + 3
+        return self._text[begin : self._text.index("\r\n", begin)].strip()
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def set(self, name: str, value: str) -> None:
+        """Override header ``name`` (lower case)."""
+        if self._extra is None:
+            self._extra = {}
+        self._extra[name] = value
+
+    def items(self):
+        """Every header as (lower-case name, value), in order."""
+        for line in self._text[self._start + 2 :].split("\r\n"):
+            name, sep, value = line.partition(":")
+            if sep:
+                yield name.strip().lower(), value.strip()
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self.items())!r})"

@@ -37,11 +37,15 @@ def is_etag(version: Optional[str]) -> bool:
     return bool(version) and not version.startswith(_FALLBACK)
 
 
-def response_version(etag: Optional[str], last_modified: Optional[str], size: Optional[int]) -> Optional[str]:
-    """What pins the version a response came from: its ETag, else Last-Modified and size, else None."""
-    normalized = normalize_etag(etag)
+def response_version(headers, size: Optional[int]) -> Optional[str]:
+    """What pins the version a response came from: its ETag, else Last-Modified and size, else None.
+
+    ``headers`` maps lower-case header names (``headers.get("etag")``).
+    """
+    normalized = normalize_etag(headers.get("etag"))
     if normalized is not None:
         return normalized
+    last_modified = headers.get("last-modified")
     if not last_modified:
         return None
     return f"{_FALLBACK}last-modified={last_modified};size={size}"
@@ -85,7 +89,7 @@ class VersionPin:
         S3ObjectChanged
             ``seen`` is another version than the one pinned.
         """
-        if seen is None:
+        if seen is None or seen == self._version:
             return
         with self._lock:
             if self._version is None:

@@ -182,7 +182,8 @@ class ConcurrencyLimit:
     maximum : int
         The cap never exceeds this (the client's ``max_concurrency``).
     initial : int, optional
-        Where slow start begins (default ``min(4, maximum)``).
+        Where slow start begins (default ``min(2, maximum)``: a store that
+        throttles from the start sees at most one request too many).
 
     Notes
     -----
@@ -192,25 +193,27 @@ class ConcurrencyLimit:
     it), once per round: throttles of requests sent before the last decrease
     are the same event.  After that, ``4 * limit`` successes in a row raise the
     limit by one; going back to a level that was throttled takes a window of
-    successes that doubles with each throttle there (32, 64, ... 4096), so a
+    successes that doubles with each throttle there (64, 128, ... 4096), so a
     store that allows K requests at once is rarely probed above K.
     """
 
-    _FIRST_PROBE_WINDOW = 32
+    _FIRST_PROBE_WINDOW = 64
     _MAX_PROBE_WINDOW = 4096
 
     def __init__(self, maximum: int, initial: Optional[int] = None) -> None:
         if maximum < 1:
             raise ValueError(f"maximum must be at least 1, not {maximum}")
         self.maximum = maximum
-        self._limit = min(maximum, initial if initial is not None else 4)
+        self._limit = min(maximum, initial if initial is not None else 2)
         self._in_flight = 0
         self._slow_start = True
         self._streak = 0  # successes since the last throttle or raise
         self._last_decrease = float("-inf")  # monotonic time of the last decrease
         self._ceiling = maximum + 1  # the lowest level throttled lately
         self._probe_window = self._FIRST_PROBE_WINDOW
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0  # threads waiting for a slot
         self.throttles = 0  # throttle answers seen (for tests and benchmarks)
 
     @property
@@ -224,20 +227,27 @@ class ConcurrencyLimit:
         return self._in_flight
 
     def __enter__(self) -> "ConcurrencyLimit":
-        with self._cond:
+        with self._lock:
             while self._in_flight >= self._limit:
-                self._cond.wait()
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
             self._in_flight += 1
         return self
 
     def __exit__(self, *exc) -> None:
-        with self._cond:
+        with self._lock:
             self._in_flight -= 1
-            self._cond.notify()
+            if self._waiting:
+                self._cond.notify()
 
     def observe(self, throttled: bool, started: float, level: int) -> None:
         """One attempt's outcome: ``throttled`` or a success; sent at ``started`` (monotonic) with ``level`` in flight."""
-        with self._cond:
+        if not throttled and self._limit >= self.maximum and self._ceiling > self.maximum:
+            return  # at the maximum with nothing to probe: a success changes nothing
+        with self._lock:
             if throttled:
                 self.throttles += 1
                 self._streak = 0
@@ -255,13 +265,15 @@ class ConcurrencyLimit:
             if self._limit < self.maximum:
                 if self._slow_start:
                     self._limit += 1
-                    self._cond.notify_all()
+                    if self._waiting:
+                        self._cond.notify_all()
                 else:
                     window = self._probe_window if self._limit + 1 >= self._ceiling else 4 * self._limit
                     if self._streak >= window:
                         self._streak = 0
                         self._limit += 1
-                        self._cond.notify_all()
+                        if self._waiting:
+                            self._cond.notify_all()
             if self._limit >= self._ceiling and self._streak >= self._probe_window:
                 # A whole window at the throttled level without a throttle: the store allows it now.
                 self._ceiling = self.maximum + 1

@@ -51,6 +51,7 @@ class Signer:
         self._credentials = credentials
         self.region = region
         self._clock = clock
+        self._stamp = (None, "")  # (second, x-amz-date of that second): swapped atomically
         self._key: Tuple[Optional[tuple], bytes] = (None, b"")  # ((secret, day), key): swapped atomically
         self._lock = threading.Lock()
 
@@ -83,7 +84,11 @@ class Signer:
             The canonical query string (``""`` for none).
         """
         frozen = self._credentials.get_frozen_credentials()
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        now = int(self._clock())
+        stamp = self._stamp
+        if stamp[0] != now:  # formatting the date costs more than the rest of the string work
+            stamp = self._stamp = (now, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
+        amz_date = stamp[1]
         day = amz_date[:8]
         headers["x-amz-date"] = amz_date
         headers["x-amz-content-sha256"] = UNSIGNED_PAYLOAD
@@ -92,11 +97,11 @@ class Signer:
         headers["host"] = host
         names = sorted(headers)
         signed_headers = ";".join(names)
-        canonical = "%s\n%s\n%s\n%s\n%s\n%s" % (
+        canonical = "%s\n%s\n%s\n%s\n\n%s\n%s" % (
             method,
             path,
             query,
-            "".join("%s:%s\n" % (name, headers[name]) for name in names),
+            "\n".join([name + ":" + headers[name] for name in names]),
             signed_headers,
             UNSIGNED_PAYLOAD,
         )
@@ -104,10 +109,10 @@ class Signer:
         string_to_sign = "%s\n%s\n%s\n%s" % (
             _ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode("utf-8")).hexdigest()
         )
-        signature = hmac.new(self._signing_key(frozen.secret_key, day), string_to_sign.encode("utf-8"), hashlib.sha256)
+        signature = hmac.digest(self._signing_key(frozen.secret_key, day), string_to_sign.encode("utf-8"), "sha256")
         del headers["host"]  # the connection sends its own Host header
         headers["authorization"] = "%s Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
-            _ALGORITHM, frozen.access_key, scope, signed_headers, signature.hexdigest()
+            _ALGORITHM, frozen.access_key, scope, signed_headers, signature.hex()
         )
         return headers
 

@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Callable, Optional
 
-from ._checks import check_bucket_key, writable_view
+from ._checks import writable_view
 from ._exceptions import S3Exception, S3IncompleteRead, S3InvalidRange, S3ObjectChanged
 from ._memory import allocate, finish_bytes
 from ._pin import VersionPin, response_version
@@ -298,7 +298,8 @@ class GetObjectStream:
             self._finish()
 
     def _check_response(self, response, range_header: Optional[str]) -> None:
-        content_range = response.content_range
+        headers = response.headers
+        content_range = headers.get("content-range")
         first_byte = 0
         size: Optional[int] = None
         match = _CONTENT_RANGE.match(content_range or "")
@@ -315,9 +316,10 @@ class GetObjectStream:
                 key=self.key,
             )
         else:
-            size = response.content_length  # the whole object (a server may ignore Range)
-        self._crc32 = _full_object_crc32(response)
-        self._pin.check(response_version(response.etag, response.last_modified, size))
+            length = headers.get("content-length")  # the whole object (a server may ignore Range)
+            size = int(length) if length is not None else None
+        self._crc32 = _full_object_crc32(headers)
+        self._pin.check(response_version(headers, size))
         if size is not None:
             if self._object_size is not None and size != self._object_size:
                 raise S3ObjectChanged(
@@ -352,10 +354,10 @@ class GetObjectStream:
             count -= n
 
 
-def _full_object_crc32(response) -> Optional[int]:
+def _full_object_crc32(headers) -> Optional[int]:
     """A full-object CRC32 from the response headers (rclone sends it even on ranged GETs)."""
-    value = response.checksum_crc32
-    if not value or "-" in value or response.checksum_type == "COMPOSITE":
+    value = headers.get("x-amz-checksum-crc32")
+    if not value or "-" in value or headers.get("x-amz-checksum-type") == "COMPOSITE":
         return None  # composite checksums ("...-3") cover parts, not the object's bytes
     try:
         raw = base64.b64decode(value, validate=True)
@@ -373,6 +375,8 @@ def fetch_into(
     the last byte received if the body ends early.  Returns the pinned
     version ("" if the store sends none).
 
+    ``bucket`` and ``key`` are checked by the callers (the client, a handle).
+
     Raises
     ------
     S3InvalidRange
@@ -380,7 +384,6 @@ def fetch_into(
     S3ObjectChanged
         The object is not the version ``pin`` holds.
     """
-    check_bucket_key(bucket, key)
     if isinstance(start, bool) or not isinstance(start, int):
         raise TypeError(f"start must be an int, not {type(start).__name__}")
     if start < 0:
@@ -391,7 +394,7 @@ def fetch_into(
         return pin.version or ""
     stream = GetObjectStream(send_get, bucket, key, start, start + size, pin=pin, retry=retry)
     try:
-        got = stream.readinto(view)
+        got = stream._readinto(view)  # view is checked already
     finally:
         stream.close()
     if got != size:

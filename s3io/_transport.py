@@ -53,40 +53,28 @@ def operation_name(operation: str) -> str:
 
 
 class GetResponse:
-    """The headers of one GET response and its body.
+    """One GET response: its status, headers and body.
 
     Attributes
     ----------
     status : int
-    content_length : int or None
-    content_range : str or None
-    etag, last_modified : str or None
-        As sent (``last_modified`` is the raw header text).
-    checksum_crc32, checksum_type : str or None
-        Full-object checksum headers, if the store sent them.
+    headers
+        ``headers.get(name)`` by lower-case name (``content-range``, ``etag``, ...).
     body
         ``readinto(view) -> int`` and ``close(complete)``.
     """
 
-    __slots__ = (
-        "status", "content_length", "content_range", "etag", "last_modified", "checksum_crc32", "checksum_type", "body",
-    )
+    __slots__ = ("status", "headers", "body")
 
-    def __init__(self, status, content_length, content_range, etag, last_modified, checksum_crc32, checksum_type, body):
+    def __init__(self, status: int, headers, body) -> None:
         self.status = status
-        self.content_length = content_length
-        self.content_range = content_range
-        self.etag = etag
-        self.last_modified = last_modified
-        self.checksum_crc32 = checksum_crc32
-        self.checksum_type = checksum_type
+        self.headers = headers
         self.body = body
 
 
 # Per-process state: rebuilt lazily in a child; the parent's objects are kept, never closed or used.
 _all_transports: "weakref.WeakSet[Transport]" = weakref.WeakSet()
 _orphans: list = []
-
 
 # One adaptive limit per store (endpoint and region) and concurrency: a store throttles its
 # clients together, so every client of one process that talks to it shares what was learned.
@@ -366,17 +354,7 @@ class Transport:
         if response.status == 416:
             response.close()
             return None
-        h = response.headers
-        return GetResponse(
-            status=response.status,
-            content_length=response.content_length,
-            content_range=h.get("content-range"),
-            etag=h.get("etag"),
-            last_modified=h.get("last-modified"),
-            checksum_crc32=h.get("x-amz-checksum-crc32"),
-            checksum_type=h.get("x-amz-checksum-type"),
-            body=response,
-        )
+        return GetResponse(response.status, response.headers, response)
 
     def _boto3_get(self, bucket, key, range_header, if_match) -> Optional[GetResponse]:
         kwargs: Dict[str, Any] = dict(Bucket=bucket, Key=key, **self._payer)
@@ -399,16 +377,8 @@ class Transport:
         if response is None:
             return None
         meta = response.get("ResponseMetadata") or {}
-        return GetResponse(
-            status=meta.get("HTTPStatusCode"),
-            content_length=response.get("ContentLength"),
-            content_range=response.get("ContentRange"),
-            etag=response.get("ETag"),
-            last_modified=(meta.get("HTTPHeaders") or {}).get("last-modified"),
-            checksum_crc32=response.get("ChecksumCRC32"),
-            checksum_type=response.get("ChecksumType"),
-            body=_boto.ResponseBody(response["Body"]),
-        )
+        # botocore's HTTPHeaders are the raw headers under lower-case names.
+        return GetResponse(meta.get("HTTPStatusCode"), meta.get("HTTPHeaders") or {}, _boto.ResponseBody(response["Body"]))
 
     def head_object(self, bucket: str, key: str) -> HeadObjectResult:
         """HeadObject.

@@ -95,8 +95,8 @@ def _observe(limit, throttled, level=None):
 
 def test_slow_start_grows_by_one_per_success_up_to_the_maximum():
     limit = ConcurrencyLimit(13)
-    assert limit.limit == 4
-    for expected in range(5, 14):
+    assert limit.limit == 2
+    for expected in range(3, 14):
         _observe(limit, False)
         assert limit.limit == expected
     _observe(limit, False)
@@ -121,15 +121,15 @@ def test_after_a_throttle_growth_is_slow_and_the_throttled_level_is_probed_rarel
     limit = ConcurrencyLimit(13, initial=13)
     limit.observe(True, time.monotonic(), 3)  # the store allows 2
     assert limit.limit == 2
-    for _ in range(31):
+    for _ in range(63):
         _observe(limit, False)
-    assert limit.limit == 2  # level 3 was throttled: a 32-success window before probing it
+    assert limit.limit == 2  # level 3 was throttled: a 64-success window before probing it
     _observe(limit, False)
     assert limit.limit == 3
     time.sleep(0.001)
     limit.observe(True, time.monotonic(), 3)  # throttled again at 3
     assert limit.limit == 2
-    for _ in range(63):
+    for _ in range(127):
         _observe(limit, False)
     assert limit.limit == 2  # the window doubled
     _observe(limit, False)

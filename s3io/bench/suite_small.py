@@ -183,9 +183,9 @@ def _throttled_dcp(ctx, result, server, bucket, region, prefix) -> None:
     state = {"t%03d" % i: torch.randn(numel, generator=gen) for i in range(tensors)}
     outcome: Dict[str, List[float]] = {}
     shares: Dict[str, float] = {}
-    for label, throttle in (("plain", None), ("throttled", ALLOWED_IN_FLIGHT)):
-        # A proxy (an endpoint) of its own for each: the throttled run meets the store fresh,
-        # with nothing learned from the plain run (clients share what they learn per endpoint).
+    for label, throttle in (("throttled", ALLOWED_IN_FLIGHT), ("plain", None)):
+        # The throttled run first, through a proxy (an endpoint) of its own: it meets the store
+        # fresh, with nothing learned before (clients share what they learn per endpoint).
         with FaultProxy(server.endpoint_url) as proxy:
             proxy.set_throttle(throttle)
             config = S3ClientConfig(endpoint_url=proxy.endpoint_url, max_concurrency=12)

@@ -40,7 +40,7 @@ class _Download:
         self._done = [False] * len(self.parts)
         self._next = 0  # first unfinished part
         self.prefix = 0 if self.parts else size
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # never re-entered: a plain lock is cheaper
         self._error: Optional[BaseException] = None
         self._cancelled = False
         self._futures = []
@@ -51,7 +51,7 @@ class _Download:
         self._crc = 0
         self._crc_done = 0  # bytes folded into _crc
         self._crc_pending: List[Tuple[int, int]] = []
-        self._crc_lock = threading.Lock()
+        self._crc_lock = threading.Lock() if self._expected_crc is not None else None
         if len(self.parts) > 1:
             pool = handle.executor()
             self._futures = [pool.submit(self._fetch_part, i) for i in range(1, len(self.parts))]
