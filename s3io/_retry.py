@@ -19,7 +19,7 @@ import http.client
 import random
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import botocore.exceptions
 import urllib3.exceptions
@@ -153,8 +153,8 @@ class RetryPolicy:
         time.sleep(self.backoff(failures))
         return True
 
-    def may_retry(self, attempt: int, exc: BaseException) -> bool:
-        """After ``attempt`` (1-based) failed with ``exc``: sleep and return True to try again.
+    def may_retry(self, attempt: int, exc: BaseException, sleep: Callable[[float], None] = time.sleep) -> bool:
+        """After ``attempt`` (1-based) failed with ``exc``: back off (``sleep``) and return True to try again.
 
         False when ``exc`` is not retryable, the attempts are used up, or the
         budget gave no token in time.
@@ -164,7 +164,7 @@ class RetryPolicy:
         if not self.budget.take():
             return False
         self.retries += 1
-        time.sleep(self.backoff(attempt))
+        sleep(self.backoff(attempt))
         return True
 
 
@@ -187,8 +187,10 @@ class ConcurrencyLimit:
 
     Notes
     -----
-    Slow start: each success raises the limit by one (doubling it per round of
-    requests) until the first throttle.  A throttle of a request sent while n
+    Slow start: each success of a request sent while the limit was used up
+    raises the limit by one (about doubling it per round of requests) until
+    the first throttle; a store that allows K requests at once sees at most
+    one request over K.  A throttle of a request sent while n
     were in flight lowers the limit below n (and to at most three quarters of
     it), once per round: throttles of requests sent before the last decrease
     are the same event.  After that, ``4 * limit`` successes in a row raise the
@@ -214,6 +216,7 @@ class ConcurrencyLimit:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._waiting = 0  # threads waiting for a slot
+        self._held = threading.local()  # slots held by the current thread
         self.throttles = 0  # throttle answers seen (for tests and benchmarks)
 
     @property
@@ -227,6 +230,15 @@ class ConcurrencyLimit:
         return self._in_flight
 
     def __enter__(self) -> "ConcurrencyLimit":
+        self._acquire()
+        self._held.count = getattr(self._held, "count", 0) + 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._held.count -= 1
+        self._release()
+
+    def _acquire(self) -> None:
         with self._lock:
             while self._in_flight >= self._limit:
                 self._waiting += 1
@@ -235,13 +247,28 @@ class ConcurrencyLimit:
                 finally:
                     self._waiting -= 1
             self._in_flight += 1
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def _release(self) -> None:
         with self._lock:
             self._in_flight -= 1
             if self._waiting:
                 self._cond.notify()
+
+    def back_off(self, seconds: float) -> None:
+        """Sleep before retrying a throttled request, without the current thread's slot.
+
+        The retry waits for a slot again, so the requests in flight fall to
+        the lowered limit at once instead of when the operations holding
+        slots finish.
+        """
+        if not getattr(self._held, "count", 0):
+            time.sleep(seconds)
+            return
+        self._release()
+        try:
+            time.sleep(seconds)
+        finally:
+            self._acquire()
 
     def observe(self, throttled: bool, started: float, level: int) -> None:
         """One attempt's outcome: ``throttled`` or a success; sent at ``started`` (monotonic) with ``level`` in flight."""
@@ -264,7 +291,8 @@ class ConcurrencyLimit:
             self._streak += 1
             if self._limit < self.maximum:
                 if self._slow_start:
-                    self._limit += 1
+                    if level >= self._limit:  # only a success at the top level shows the next one may work
+                        self._limit += 1
                     if self._waiting:
                         self._cond.notify_all()
                 else:

@@ -241,11 +241,12 @@ class Transport:
             try:
                 result = attempt()
             except Exception as exc:
-                if is_throttle(exc):
+                throttled = is_throttle(exc)
+                if throttled:
                     limit.observe(True, started, level)
                 if not isinstance(exc, (S3Exception, botocore.exceptions.ClientError)):
                     unanswered += 1
-                if policy.may_retry(number, exc):
+                if policy.may_retry(number, exc, limit.back_off if throttled else time.sleep):
                     log.debug("%s s3://%s/%s: attempt %d failed (%s); retrying", operation, bucket, key, number, exc)
                     continue
                 if isinstance(exc, S3Exception):

@@ -96,10 +96,12 @@ def _observe(limit, throttled, level=None):
 def test_slow_start_grows_by_one_per_success_up_to_the_maximum():
     limit = ConcurrencyLimit(13)
     assert limit.limit == 2
+    _observe(limit, False, level=1)
+    assert limit.limit == 2  # the limit was not used up: nothing learned about the next level
     for expected in range(3, 14):
-        _observe(limit, False)
+        _observe(limit, False, level=limit.limit)
         assert limit.limit == expected
-    _observe(limit, False)
+    _observe(limit, False, level=13)
     assert limit.limit == 13
 
 
