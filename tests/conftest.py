@@ -76,6 +76,23 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if id(item) in kept]
 
 
+NO_EXTENSIONS = os.environ.get("S3IO_NO_EXTENSIONS") == "1"
+
+
+@pytest.fixture(params=["c", "py"])
+def core(request):
+    """The core module of one twin: the compiled ``s3io._core_c`` or the pure ``s3io._core_py``.
+
+    One suite serves both; under ``S3IO_NO_EXTENSIONS=1`` the compiled cases
+    are deselected (see ``pytest_collection_modifyitems``).
+    """
+    if request.param == "py":
+        return importlib.import_module("s3io._core_py")
+    if NO_EXTENSIONS:
+        pytest.skip("S3IO_NO_EXTENSIONS=1: pure-Python build")
+    return importlib.import_module("s3io._core_c")
+
+
 def require_peer(module):
     """Import ``module`` of an optional peer (s3torchconnector, lightning, runai) for the calling test.
 

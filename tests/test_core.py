@@ -6,7 +6,6 @@ import array
 import importlib
 import importlib.util
 import io
-import os
 import pickle
 import sys
 import threading
@@ -19,17 +18,9 @@ import s3io._core
 import s3io._core_py
 
 MiB = 1024 * 1024
-NO_EXTENSIONS = os.environ.get("S3IO_NO_EXTENSIONS") == "1"
+from conftest import NO_EXTENSIONS
 
 
-@pytest.fixture(params=["c", "py"])
-def core(request):
-    """The core module of one twin."""
-    if request.param == "py":
-        return s3io._core_py
-    if NO_EXTENSIONS:
-        pytest.skip("S3IO_NO_EXTENSIONS=1: pure-Python build")
-    return importlib.import_module("s3io._core_c")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """copy_into, the core's copy between two raw buffers: examples, exact errors, and a property test, on both twins."""
 import array
 import importlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,15 +11,9 @@ import s3io._core
 import s3io._core_py
 
 MiB = 1024 * 1024
-NO_EXTENSIONS = os.environ.get("S3IO_NO_EXTENSIONS") == "1"
+from conftest import NO_EXTENSIONS
 
 
-@pytest.fixture(params=["c", "py"])
-def core(request):
-    """The core module of one twin."""
-    if request.param == "c" and NO_EXTENSIONS:
-        pytest.skip("S3IO_NO_EXTENSIONS=1: pure-Python build")
-    return s3io._core_py if request.param == "py" else importlib.import_module("s3io._core_c")
 
 
 def test_selector_exports_copy_into():

@@ -1,7 +1,6 @@
 """Property tests of the core: both twins against each other, io.BytesIO and a model of the fetch policy."""
 import importlib
 import io
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,18 +8,10 @@ from hypothesis import strategies as st
 
 import s3io._core_py
 
-NO_EXTENSIONS = os.environ.get("S3IO_NO_EXTENSIONS") == "1"
+from conftest import NO_EXTENSIONS
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(params=["c", "py"])
-def core(request):
-    """The core module of one twin."""
-    if request.param == "py":
-        return s3io._core_py
-    if NO_EXTENSIONS:
-        pytest.skip("S3IO_NO_EXTENSIONS=1: pure-Python build")
-    return importlib.import_module("s3io._core_c")
 
 
 def _twins():
