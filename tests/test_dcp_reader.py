@@ -266,6 +266,15 @@ def test_constructor_uses_injected_ranges():
     assert "max_gap_size=0" in repr(constructor)
 
 
+def test_an_empty_item_at_the_offset_of_the_next_keeps_both_ranges():
+    constructor = DCPOptimizedConstructor(max_gap_size=0)
+    storage = {"empty": _Info("__0_0.distcp", 10, 0), "next": _Info("__0_0.distcp", 10, 6)}
+    constructor.set_item_ranges_by_file([_Req("empty"), _Req("next")], storage, "s3://bkt/ckpt")
+    reader = constructor("bkt", "ckpt/__0_0.distcp", lambda: None, FakeObject().get_stream)
+    reader.seek(10)
+    assert reader.read(6) == DATA[10:16]  # the non-empty item is still planned
+
+
 def test_constructor_takes_ranges_computed_elsewhere():
     # S3StorageReader groups a plan once and injects the ranges it also loads from.
     constructor = DCPOptimizedConstructor(max_gap_size=0)

@@ -399,10 +399,11 @@ class DCPOptimizedConstructor:
         for read_item in plan_items:
             info = storage_data[read_item.storage_index]
             uri = _join(base, info.relative_path)
-            # Several ReadItems (e.g. resharding) may read the same stored item.
-            if (uri, info.offset) in seen:
+            # Several ReadItems (e.g. resharding) may read the same stored item; an empty item
+            # may share its offset with the next one, so both offset and length tell them apart.
+            if (uri, info.offset, info.length) in seen:
                 continue
-            seen.add((uri, info.offset))
+            seen.add((uri, info.offset, info.length))
             by_file[uri].append(ItemRange(info.offset, info.offset + info.length))
         self.set_item_ranges(by_file)
 
