@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, List, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from .._core import coalesce_ranges
 
@@ -49,22 +49,31 @@ class LoadSettings:
         Largest single ranged GET.
     max_concurrency : int
         Ranged GETs in flight (fetch threads).
+    max_direct_ahead_bytes : int, optional
+        Cap on the bytes of direct items fetched ahead of the consumer
+        (admitted, not yet committed); the next item to consume is always
+        admitted.  None (default): no cap, right when the destinations exist
+        before the load (a DCP state dict).  Set it when ``locate_direct``
+        allocates each destination and the consumer hands it on (a stream),
+        so that memory stays bounded.
 
     Raises
     ------
     ValueError
-        If ``max_inflight_bytes``, ``part_size`` or ``max_concurrency`` is not positive.
+        If ``max_inflight_bytes``, ``part_size``, ``max_concurrency`` or
+        ``max_direct_ahead_bytes`` is not positive.
     """
 
     max_gap_size: Union[int, float] = DEFAULT_MAX_GAP_SIZE
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     part_size: int = DEFAULT_PART_SIZE
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_direct_ahead_bytes: Optional[int] = None
 
     def __post_init__(self) -> None:
-        for name in ("max_inflight_bytes", "part_size", "max_concurrency"):
+        for name in ("max_inflight_bytes", "part_size", "max_concurrency", "max_direct_ahead_bytes"):
             value = getattr(self, name)
-            if value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive, not {value!r}")
 
     @property

@@ -8,7 +8,8 @@
    own; the segment about to be consumed is always admitted).  Their parts are
    fetched by a pool of ``max_concurrency`` threads, across all files at once,
    each GET written by the file's ``handle.fetch_into`` straight into the buffer.
-2. A direct item takes no ring space: on a fetch thread, the consumer's
+2. A direct item takes no ring space (with ``max_direct_ahead_bytes`` set,
+   direct items are admitted while their bytes fit under it): on a fetch thread, the consumer's
    :meth:`ItemConsumer.locate_direct` says where its destination's bytes lie
    in the item (it may read a few bytes of the item to find out) and hands over
    the destination memory; the parts are then fetched into it.  If it
@@ -167,6 +168,8 @@ class _Run:
         self.in_ring: deque = deque()  # admitted fetches that hold ring memory, oldest first
         self.admitted = 0
         self.inflight = 0
+        self.max_direct_ahead = settings.max_direct_ahead_bytes
+        self.direct_ahead = 0  # bytes of direct items admitted and not yet released
         self.stats = LoadStats()
 
     def run(self) -> LoadStats:
@@ -191,6 +194,10 @@ class _Run:
             segment = self.segments[self.admitted]
             fetch = _Fetch(segment)
             if segment.direct:
+                if self.max_direct_ahead is not None and self.fetches and \
+                        self.direct_ahead + segment.size > self.max_direct_ahead:
+                    return
+                self.direct_ahead += segment.size
                 fetch.probe = self.pool.submit(self._fetch_direct, fetch)
             elif not self._take_buffer(fetch, needed_now=not self.fetches):
                 return
@@ -281,6 +288,8 @@ class _Run:
             del view
 
     def _release(self, fetch: _Fetch) -> None:
+        if fetch.segment.direct:
+            self.direct_ahead -= fetch.segment.size
         if fetch.view is not None:
             self.inflight -= fetch.segment.size
         fetch.view = None

@@ -29,7 +29,16 @@ from ._load_plan import LoadFile, LoadSettings
 from ._load_schedule import LoadStats, ReadItemBytes, load_files
 from ._torch_save import load_tensor_view, probe_layout
 
-__all__ = ["DIRECT_MIN_BYTES", "TorchConsumer", "TorchItem", "load_into_planner", "stored_items_by_file"]
+__all__ = [
+    "DIRECT_MIN_BYTES",
+    "TorchConsumer",
+    "TorchItem",
+    "copy_tensor",
+    "is_plain",
+    "load_into_planner",
+    "stored_items_by_file",
+    "tensor_bytes",
+]
 
 # Tensor items at least this large are fetched straight into their destination
 # when it matches.  Finding the payload takes two extra GETs (first and last
@@ -87,13 +96,17 @@ def stored_items_by_file(plan_items: Sequence[Any], storage_data: Dict[Any, Any]
     return {path: sorted(items.values(), key=_range_start) for path, items in by_file.items()}
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """A writable byte view of a contiguous CPU tensor's memory; the tensor must outlive the view."""
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A writable byte view of a contiguous CPU tensor's memory; the tensor must outlive the view.
+
+    Shared with the other consumers of the load pipeline (``s3io.safetensors``,
+    the Hugging Face reader): a destination handed to ``locate_direct``.
+    """
     nbytes = tensor.numel() * tensor.element_size()
     return memoryview((ctypes.c_char * nbytes).from_address(tensor.data_ptr())).cast("B")
 
 
-def _is_plain(tensor: torch.Tensor) -> bool:
+def is_plain(tensor: torch.Tensor) -> bool:
     """A contiguous, real-valued CPU tensor whose bytes are exactly its values."""
     return (
         type(tensor) is torch.Tensor
@@ -113,9 +126,9 @@ def copy_tensor(target: torch.Tensor, source: torch.Tensor) -> None:
     and a 1 GiB load spends seconds in ``copy_``.  The core's copy is one
     memmove that lets go of the GIL from 1 MiB and needs no other thread.
     """
-    if target.dtype == source.dtype and target.shape == source.shape and _is_plain(target) and _is_plain(source):
+    if target.dtype == source.dtype and target.shape == source.shape and is_plain(target) and is_plain(source):
         if target.numel():
-            copy_into(_tensor_bytes(target), _tensor_bytes(source))
+            copy_into(tensor_bytes(target), tensor_bytes(source))
         return
     target.copy_(source)
 
@@ -172,7 +185,7 @@ class TorchConsumer:
             return
         target = self._resolve(item, request)
         item.direct = (
-            _is_plain(target)
+            is_plain(target)
             and tuple(request.lengths) == tuple(target.shape)
             and 0 < target.numel() * target.element_size() <= item.range.end - item.range.start
         )
@@ -193,7 +206,7 @@ class TorchConsumer:
             return None
         if target.numel() * target.element_size() != layout.nbytes:
             return None
-        return layout.offset, _tensor_bytes(target)  # item.target keeps the tensor alive
+        return layout.offset, tensor_bytes(target)  # item.target keeps the tensor alive
 
     def commit_direct(self, item: TorchItem) -> None:
         """The payload is in place: commit the destination."""
