@@ -21,7 +21,7 @@ from .._config import S3ClientConfig
 from .._exceptions import S3Exception, S3ObjectNotFound
 from .._uri import parse_s3_uri
 
-__all__ = ["S3FileSystem", "StorageMetadata"]
+__all__ = ["S3FileSystem", "StorageMetadata", "shared_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class S3FileSystem(FileSystemBase):
         self._client = s3_client if s3_client is not None else self._make_client()
 
     def _make_client(self) -> S3Client:
-        return _shared_client(self._region, self._s3client_config, _user_agent(self._reader_constructor))
+        return shared_client(self._region, self._s3client_config, _user_agent(self._reader_constructor))
 
     # A writer is pickled for async/process-based saves: a client we created
     # is recreated on the other side rather than pickled.
@@ -233,8 +233,8 @@ _CLIENT_ENV = (
 )
 
 
-def _shared_client(region: str, config: Optional[S3ClientConfig], user_agent: str) -> S3Client:
-    """An S3Client shared by the readers and writers of one process.
+def shared_client(region: str, config: Optional[S3ClientConfig], user_agent: str) -> S3Client:
+    """An S3Client shared by the readers and writers of one process (and by ``s3io.safetensors``).
 
     Building the boto3 client behind an S3Client takes ~75 ms; every
     ``dcp.save``/``dcp.load`` creates a new storage writer/reader, so without
