@@ -5,6 +5,8 @@ Interop cases build files with ``safetensors.torch`` (``require_peer``).
 """
 import json
 import struct
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -420,3 +422,37 @@ def test_missing_object_bucket_or_files(s3_server, bucket):
         st.load(f"s3://{bucket}/empty/", **_kwargs(s3_server))
     with pytest.raises(ValueError, match="the list is empty"):
         st.load([], **_kwargs(s3_server))
+
+
+# -- without the peers ------------------------------------------------------------------------
+
+_BLOCKED_IMPORTS = r'''
+import sys
+
+class Blocker:
+    """Pretend safetensors and Run:ai are not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("safetensors", "runai_model_streamer", "runai_model_streamer_s3"):
+            raise ImportError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+import s3io, s3io.dcp, s3io.safetensors
+from s3io.dcp import S3HuggingFaceStorageReader, S3HuggingFaceStorageWriter
+from s3io.safetensors._format import build_header, parse_header
+import torch
+header, _ = build_header([("w", torch.float32, [2])])
+data = header + bytes(8)
+assert list(parse_header("s3://b/k", len(data), data).tensors) == ["w"]
+assert not [m for m in sys.modules if m.split(".")[0] in ("safetensors", "runai_model_streamer")]
+print("imported without the peers")
+'''
+
+
+def test_import_without_safetensors_or_runai(tmp_path):
+    script = tmp_path / "blocked.py"
+    script.write_text(_BLOCKED_IMPORTS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "imported without the peers" in done.stdout
