@@ -1,14 +1,13 @@
 """Two ranks (gloo over loopback TCP, torch.multiprocessing spawn) save and load on S3."""
 import re
-import time
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
 
+from _ranks import spawn_ranks
 from s3io import S3ClientConfig
 from s3io.dcp import HexPrefixStrategy, S3StorageReader, S3StorageWriter
 from s3io.testing.servers import free_port
@@ -50,25 +49,11 @@ def _worker(rank, port, endpoint, region, path):
         dist.destroy_process_group()
 
 
-def _spawn(args, timeout=180):
-    context = mp.spawn(_worker, args=args, nprocs=WORLD, join=False)
-    deadline = time.monotonic() + timeout
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"ranks did not finish in {timeout}s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-                process.join()
-
-
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_two_ranks_save_and_load(rclone_server):
     bucket = rclone_server.make_bucket()
     path = f"s3://{bucket}/multi"
-    _spawn((free_port(), rclone_server.endpoint_url, rclone_server.region, path))
+    spawn_ranks(_worker, (free_port(), rclone_server.endpoint_url, rclone_server.region, path), WORLD)
 
     client = rclone_server.boto3_client()
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="multi/")["Contents"])
