@@ -11,6 +11,11 @@ The API follows s3torchconnector 1.5.0, so switching is one import line::
     assert reader.read() == b"hello"
     for page in client.list_objects("bucket", prefix="k"):
         print([info.key for info in page.object_info])
+
+Datasets (``S3MapDataset``, ``S3IterableDataset``) import torch when first
+named, so ``import s3io`` stays light; ``S3Checkpoint`` serves torch.save and
+torch.load; Lightning's checkpoint IO is ``s3io.lightning`` (the ``lightning``
+extra).
 """
 from ._client import S3Client
 from ._config import S3ClientConfig
@@ -28,12 +33,16 @@ from ._listing import ListObjectStream
 from ._metadata import HeadObjectResult, ListObjectResult, ObjectInfo
 from ._stream import GetObjectStream
 from ._uri import parse_s3_uri
+from .s3checkpoint import S3Checkpoint
 from .s3reader import S3Reader, S3ReaderConstructor
 from .s3writer import S3Writer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "S3IterableDataset",
+    "S3MapDataset",
+    "S3Checkpoint",
     "S3Client",
     "S3ClientConfig",
     "S3Reader",
@@ -55,3 +64,20 @@ __all__ = [
     "parse_s3_uri",
     "__version__",
 ]
+
+# The datasets subclass torch's: imported on first use (torch takes seconds to import).
+_LAZY = {"S3MapDataset": ".s3map_dataset", "S3IterableDataset": ".s3iterable_dataset"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
