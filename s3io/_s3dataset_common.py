@@ -7,12 +7,13 @@ a time.  Bad URIs are rejected when the dataset is built, naming the URI.
 """
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
 from ._client import S3Client
 from ._config import S3ClientConfig
-from ._prefetch import check_prefetch_knobs
+from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_OBJECTS, check_prefetch_knobs
 from ._s3bucket_key_data import S3BucketKeyData
 from ._uri import parse_s3_uri
 from .s3reader import S3Reader, S3ReaderConstructor
@@ -24,7 +25,10 @@ __all__ = [
     "get_objects_from_uris",
     "get_objects_from_prefix",
     "shard",
+    "S3DatasetBase",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def identity(obj: S3Reader) -> S3Reader:
@@ -114,16 +118,106 @@ class S3DatasetBase:
         self._prefetch_objects = prefetch_objects
         self._prefetch_bytes = prefetch_bytes
 
-    @staticmethod
-    def _objects_of(object_uris: Union[str, Iterable[str]]) -> Callable:
-        """``get_dataset_objects`` for ``from_objects`` (the URIs checked now)."""
-        return partial(_objects_from_pairs, _object_pairs(object_uris))
+    @classmethod
+    def from_objects(
+        cls,
+        object_uris: Union[str, Iterable[str]],
+        *,
+        region: str,
+        endpoint: Optional[str] = None,
+        transform: Callable[[S3Reader], Any] = identity,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[Callable] = None,
+        prefetch_objects: int = DEFAULT_PREFETCH_OBJECTS,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+    ):
+        """Returns an instance of the dataset using the S3 URI(s) provided.
 
-    @staticmethod
-    def _objects_under(s3_uri: str) -> Callable:
-        """``get_dataset_objects`` for ``from_prefix`` (the URI checked now)."""
-        parse_s3_uri(s3_uri)
-        return partial(get_objects_from_prefix, s3_uri)
+        Parameters
+        ----------
+        object_uris : str or iterable of str
+            S3 URI(s) of the objects, ``s3://bucket/key``; read once, now.
+        region : str
+            AWS region of the bucket(s).
+        endpoint : str, optional
+            S3 endpoint URL.
+        transform : callable, default identity
+            Turns each :class:`~s3io.S3Reader` into an item.
+        s3client_config : S3ClientConfig, optional
+        reader_constructor : callable, optional
+            From :class:`~s3io.S3ReaderConstructor` (default sequential).
+        prefetch_objects : int, default 16
+            Objects fetched ahead of the transform, per process (each
+            DataLoader worker): by an iterable dataset's iteration, and within
+            a batch by a map dataset's ``__getitems__``.  0 to 1024; 0: each
+            object is fetched when the transform reads it.
+        prefetch_bytes : int, default 128 MiB
+            Most bytes fetched ahead and not yet handed to the transform, per
+            process (1 MiB to 1 TiB).  An object whose size is unknown (named
+            by URI) counts ``part_size`` bytes, or twice the largest object
+            seen so far, until its first answer tells its size.
+
+        Returns
+        -------
+        S3MapDataset or S3IterableDataset
+
+        Raises
+        ------
+        ValueError
+            A URI is not ``s3://bucket/key`` (the message names it), or a knob is out of range.
+        S3Exception
+            When an object is read: an error accessing S3 (``S3ObjectNotFound``, ...).
+        """
+        log.info("Building %s from_objects", cls.__name__)
+        return cls(
+            region, partial(_objects_from_pairs, _object_pairs(object_uris)), endpoint, transform=transform,
+            s3client_config=s3client_config, reader_constructor=reader_constructor,
+            prefetch_objects=prefetch_objects, prefetch_bytes=prefetch_bytes,
+        )
+
+    @classmethod
+    def from_prefix(
+        cls,
+        s3_uri: str,
+        *,
+        region: str,
+        endpoint: Optional[str] = None,
+        transform: Callable[[S3Reader], Any] = identity,
+        s3client_config: Optional[S3ClientConfig] = None,
+        reader_constructor: Optional[Callable] = None,
+        prefetch_objects: int = DEFAULT_PREFETCH_OBJECTS,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+    ):
+        """Returns an instance of the dataset using the S3 URI provided.
+
+        Parameters
+        ----------
+        s3_uri : str
+            ``s3://bucket/prefix``: every object whose key starts with the
+            prefix, in listing (key) order.  A map dataset lists on first
+            access and keeps the list; an iterable one lists page by page
+            during each iteration.
+        region, endpoint, transform, s3client_config, reader_constructor, prefetch_objects, prefetch_bytes
+            As in :meth:`from_objects`.
+
+        Returns
+        -------
+        S3MapDataset or S3IterableDataset
+
+        Raises
+        ------
+        ValueError
+            ``s3_uri`` is not an ``s3://`` URI with a bucket (the message names it), or a knob is out of range.
+        S3Exception
+            When listing: an error accessing S3 (``S3BucketNotFound``, ...).
+        """
+        log.info("Building %s from_prefix %r", cls.__name__, s3_uri)
+        parse_s3_uri(s3_uri)  # a bad URI fails now
+        return cls(
+            region, partial(get_objects_from_prefix, s3_uri), endpoint, transform=transform,
+            s3client_config=s3client_config, reader_constructor=reader_constructor,
+            prefetch_objects=prefetch_objects, prefetch_bytes=prefetch_bytes,
+        )
 
     @property
     def region(self) -> str:

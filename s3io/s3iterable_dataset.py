@@ -1,7 +1,6 @@
 """S3IterableDataset: an iterable-style dataset of S3 objects, fetched ahead of the transform."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import torch
@@ -15,8 +14,6 @@ from ._s3dataset_common import S3DatasetBase, identity, shard
 from .s3reader import S3Reader
 
 __all__ = ["S3IterableDataset"]
-
-log = logging.getLogger(__name__)
 
 
 class S3IterableDataset(S3DatasetBase, torch.utils.data.IterableDataset):
@@ -92,47 +89,19 @@ class S3IterableDataset(S3DatasetBase, torch.utils.data.IterableDataset):
     ) -> "S3IterableDataset":
         """Returns an instance of S3IterableDataset using the S3 URI(s) provided.
 
-        Parameters
-        ----------
-        object_uris : str or iterable of str
-            S3 URI(s) of the objects, ``s3://bucket/key``; read once, now.
-        region : str
-            AWS region of the bucket(s).
-        endpoint : str, optional
-            S3 endpoint URL.
-        transform : callable, default identity
-            Turns each :class:`~s3io.S3Reader` into an item.
-        s3client_config : S3ClientConfig, optional
+        The parameters are those of :meth:`S3MapDataset.from_objects
+        <s3io._s3dataset_common.S3DatasetBase.from_objects>`, and:
+
         enable_sharding : bool, default False
             Split the objects across ranks, then DataLoader workers; if False
             every worker yields every object.
-        reader_constructor : callable, optional
-            From :class:`~s3io.S3ReaderConstructor` (default sequential).
-        prefetch_objects : int, default 16
-            Objects fetched ahead of the transform per process (0 to 1024;
-            0: each object is fetched when the transform reads it).
-        prefetch_bytes : int, default 128 MiB
-            Most bytes fetched ahead and not yet handed to the transform, per
-            process (1 MiB to 1 TiB).  An object whose size is unknown counts
-            ``part_size`` bytes until its first answer tells its size.
-
-        Returns
-        -------
-        S3IterableDataset
-
-        Raises
-        ------
-        ValueError
-            A URI is not ``s3://bucket/key`` (the message names it), or a knob is out of range.
-        S3Exception
-            When iterating: an error accessing S3.
         """
-        log.info("Building %s from_objects", cls.__name__)
-        return cls(
-            region, cls._objects_of(object_uris), endpoint, transform=transform, s3client_config=s3client_config,
-            enable_sharding=enable_sharding, reader_constructor=reader_constructor,
-            prefetch_objects=prefetch_objects, prefetch_bytes=prefetch_bytes,
+        dataset = super().from_objects(
+            object_uris, region=region, endpoint=endpoint, transform=transform, s3client_config=s3client_config,
+            reader_constructor=reader_constructor, prefetch_objects=prefetch_objects, prefetch_bytes=prefetch_bytes,
         )
+        dataset._enable_sharding = enable_sharding
+        return dataset
 
     @classmethod
     def from_prefix(
@@ -150,32 +119,17 @@ class S3IterableDataset(S3DatasetBase, torch.utils.data.IterableDataset):
     ) -> "S3IterableDataset":
         """Returns an instance of S3IterableDataset using the S3 URI provided.
 
-        Parameters
-        ----------
-        s3_uri : str
-            ``s3://bucket/prefix``: every object whose key starts with the
-            prefix, in listing (key) order.  Listed page by page during each
-            iteration.
-        region, endpoint, transform, s3client_config, enable_sharding, reader_constructor, prefetch_objects, prefetch_bytes
-            As in :meth:`from_objects`.
-
-        Returns
-        -------
-        S3IterableDataset
-
-        Raises
-        ------
-        ValueError
-            ``s3_uri`` is not an ``s3://`` URI with a bucket (the message names it).
-        S3Exception
-            When iterating: an error accessing S3 (``S3BucketNotFound``, ...).
+        The prefix is listed page by page during each iteration.  The
+        parameters are those of :meth:`S3MapDataset.from_prefix
+        <s3io._s3dataset_common.S3DatasetBase.from_prefix>`, and
+        ``enable_sharding`` as in :meth:`from_objects`.
         """
-        log.info("Building %s from_prefix %r", cls.__name__, s3_uri)
-        return cls(
-            region, cls._objects_under(s3_uri), endpoint, transform=transform, s3client_config=s3client_config,
-            enable_sharding=enable_sharding, reader_constructor=reader_constructor,
-            prefetch_objects=prefetch_objects, prefetch_bytes=prefetch_bytes,
+        dataset = super().from_prefix(
+            s3_uri, region=region, endpoint=endpoint, transform=transform, s3client_config=s3client_config,
+            reader_constructor=reader_constructor, prefetch_objects=prefetch_objects, prefetch_bytes=prefetch_bytes,
         )
+        dataset._enable_sharding = enable_sharding
+        return dataset
 
     def _shard_objects(self) -> Iterator[S3BucketKeyData]:
         """This process's objects: all, or its shard (rank first, then DataLoader worker)."""

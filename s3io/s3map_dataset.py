@@ -1,8 +1,7 @@
 """S3MapDataset: a map-style dataset of S3 objects; a batch's objects are fetched concurrently."""
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 import torch.utils.data
 
@@ -15,14 +14,12 @@ from .s3reader import S3Reader
 
 __all__ = ["S3MapDataset"]
 
-log = logging.getLogger(__name__)
-
 
 class S3MapDataset(S3DatasetBase, torch.utils.data.Dataset):
     """A Map-Style dataset created from S3 objects.
 
     To create an instance of S3MapDataset, use the ``from_prefix`` or
-    ``from_objects`` methods.  The objects are listed on first access
+    ``from_objects`` methods (see :class:`~s3io._s3dataset_common.S3DatasetBase`).  The objects are listed on first access
     (``len``, an item), in listing order, and kept.  ``dataset[i]`` is
     ``transform(reader)`` for object ``i``, where ``reader`` is a file-like
     :class:`~s3io.S3Reader` with ``bucket`` and ``key``.
@@ -62,97 +59,6 @@ class S3MapDataset(S3DatasetBase, torch.utils.data.Dataset):
         if self._bucket_key_pairs is None:
             self._bucket_key_pairs = list(self._get_dataset_objects(self._get_client()))
         return self._bucket_key_pairs
-
-    @classmethod
-    def from_objects(
-        cls,
-        object_uris: Union[str, Iterable[str]],
-        *,
-        region: str,
-        endpoint: Optional[str] = None,
-        transform: Callable[[S3Reader], Any] = identity,
-        s3client_config: Optional[S3ClientConfig] = None,
-        reader_constructor: Optional[Callable] = None,
-        prefetch_objects: int = DEFAULT_PREFETCH_OBJECTS,
-        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
-    ) -> "S3MapDataset":
-        """Returns an instance of S3MapDataset using the S3 URI(s) provided.
-
-        Parameters
-        ----------
-        object_uris : str or iterable of str
-            S3 URI(s) of the objects, ``s3://bucket/key``; read once, now.
-        region : str
-            AWS region of the bucket(s).
-        endpoint : str, optional
-            S3 endpoint URL.
-        transform : callable, default identity
-            Turns each :class:`~s3io.S3Reader` into an item.
-        s3client_config : S3ClientConfig, optional
-        reader_constructor : callable, optional
-            From :class:`~s3io.S3ReaderConstructor` (default sequential).
-        prefetch_objects : int, default 16
-            Objects of a batch fetched at once by :meth:`__getitems__` (0 to
-            1024; 0: one after the other, when the transform reads each).
-        prefetch_bytes : int, default 128 MiB
-            Most bytes of a batch fetched ahead of the transform (1 MiB to 1 TiB).
-
-        Returns
-        -------
-        S3MapDataset
-
-        Raises
-        ------
-        ValueError
-            A URI is not ``s3://bucket/key`` (the message names it), or a knob is out of range.
-        S3Exception
-            When an item is read: an error accessing S3.
-        """
-        log.info("Building %s from_objects", cls.__name__)
-        return cls(
-            region, cls._objects_of(object_uris), endpoint, transform=transform, s3client_config=s3client_config,
-            reader_constructor=reader_constructor, prefetch_objects=prefetch_objects, prefetch_bytes=prefetch_bytes,
-        )
-
-    @classmethod
-    def from_prefix(
-        cls,
-        s3_uri: str,
-        *,
-        region: str,
-        endpoint: Optional[str] = None,
-        transform: Callable[[S3Reader], Any] = identity,
-        s3client_config: Optional[S3ClientConfig] = None,
-        reader_constructor: Optional[Callable] = None,
-        prefetch_objects: int = DEFAULT_PREFETCH_OBJECTS,
-        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
-    ) -> "S3MapDataset":
-        """Returns an instance of S3MapDataset using the S3 URI provided.
-
-        Parameters
-        ----------
-        s3_uri : str
-            ``s3://bucket/prefix``: every object whose key starts with the
-            prefix, in listing (key) order, listed on first access.
-        region, endpoint, transform, s3client_config, reader_constructor, prefetch_objects, prefetch_bytes
-            As in :meth:`from_objects`.
-
-        Returns
-        -------
-        S3MapDataset
-
-        Raises
-        ------
-        ValueError
-            ``s3_uri`` is not an ``s3://`` URI with a bucket (the message names it).
-        S3Exception
-            On first access: an error listing the prefix (``S3BucketNotFound``, ...).
-        """
-        log.info("Building %s from_prefix %r", cls.__name__, s3_uri)
-        return cls(
-            region, cls._objects_under(s3_uri), endpoint, transform=transform, s3client_config=s3client_config,
-            reader_constructor=reader_constructor, prefetch_objects=prefetch_objects, prefetch_bytes=prefetch_bytes,
-        )
 
     def _get_object(self, i: int) -> S3Reader:
         return self._get_reader(self._dataset_bucket_key_pairs[i])
