@@ -422,6 +422,10 @@ def test_missing_object_bucket_or_files(s3_server, bucket):
         st.load(f"s3://{bucket}/empty/", **_kwargs(s3_server))
     with pytest.raises(ValueError, match="the list is empty"):
         st.load([], **_kwargs(s3_server))
+    with pytest.raises(ValueError, match="is in the list twice"):
+        st.load([f"s3://{bucket}/a.safetensors", f"s3://{bucket}/a.safetensors"], **_kwargs(s3_server))
+    with pytest.raises(ValueError, match="is a directory: pass it alone"):
+        st.load([f"s3://{bucket}/dir/"], **_kwargs(s3_server))
 
 
 # -- without the peers ------------------------------------------------------------------------

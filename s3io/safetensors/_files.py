@@ -151,9 +151,11 @@ def _locate(client: S3Client, uri: Union[str, Sequence[str]]) -> Tuple[List[_Loc
     if not uris:
         raise ValueError("no safetensors files to load: the list is empty")
     located = []
-    for one in uris:
+    for position, one in enumerate(uris):
         if not isinstance(one, str):
             raise TypeError(f"a safetensors file is an s3:// URI (str), not {type(one).__name__}")
+        if one in uris[:position]:
+            raise ValueError(f"{one!r} is in the list twice")
         bucket, key = parse_s3_uri(one)
         if not key or key.endswith("/"):
             raise ValueError(f"{one!r} is a directory: pass it alone, ending in '/'")
