@@ -7,16 +7,15 @@ a FaultProxy that counts the bytes each GET returned.
 import ctypes
 import json
 import os
-import time
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
 from torch.distributed.checkpoint.api import CheckpointException
 
+from _ranks import spawn_ranks
 from _upload_faults import FailingUpload, InjectedUploadFailure, on_put
 from conftest import _remove_bucket, require_peer
 from s3io import S3ClientConfig, S3ObjectNotFound
@@ -298,17 +297,7 @@ def test_two_ranks_load_their_dtensor_shards(rclone_server, tmp_path):
         dcp.save(full, storage_writer=_writer(rclone_server, path, mapping), no_dist=True)
         data_bytes = sum(t.numel() * t.element_size() for t in full.values())
         with FaultProxy(rclone_server.endpoint_url) as proxy:
-            context = mp.spawn(_rank_worker, args=(free_port(), proxy.endpoint_url, rclone_server.region, path),
-                               nprocs=WORLD, join=False)
-            deadline = time.monotonic() + 120
-            try:
-                while not context.join(timeout=1):
-                    assert time.monotonic() < deadline, "ranks did not finish in 120 s"
-            finally:
-                for process in context.processes:
-                    if process.is_alive():
-                        process.kill()
-                        process.join()
+            spawn_ranks(_rank_worker, (free_port(), proxy.endpoint_url, rclone_server.region, path), WORLD, timeout=120)
             fetched = sum(entry.response_bytes for entry in proxy.log if entry.method == "GET")
         # Each rank read each file's first 64 KiB (the header) and its own shards; the replicated
         # bias twice.  Reading every tensor whole on both ranks would be twice the data.
