@@ -22,20 +22,19 @@ __all__ = [
     "load_settings",
 ]
 
-KiB = 1024
-MiB = 1024 * KiB
+_MIB = 1024 * 1024
 
-DEFAULT_MAX_INFLIGHT_BYTES = 256 * MiB
+DEFAULT_MAX_INFLIGHT_BYTES = 256 * _MIB
 # Below this a load cannot keep a few 1 MiB GETs in flight.
-MIN_INFLIGHT_BYTES = 4 * MiB
+MIN_INFLIGHT_BYTES = 4 * _MIB
 # From here a tensor gets GETs of its own, straight into its memory: no copy
 # (~0.2 ms per MiB), for one more request (~0.3 ms of client CPU).  No probe is
 # needed: the header says where its bytes lie.
-DIRECT_MIN_BYTES = 1 * MiB
+DIRECT_MIN_BYTES = _MIB
 # Smaller than DIRECT_MIN_BYTES, so a coalesced segment never spans the bytes
 # of a tensor fetched on its own; a partial DCP load skips wider gaps.
-MAX_GAP_SIZE = 256 * KiB
-_MIN_PART_SIZE = 16 * MiB  # fewer, larger GETs, as the DCP reader's
+MAX_GAP_SIZE = _MIB // 4
+_MIN_PART_SIZE = 16 * _MIB  # fewer, larger GETs, as the DCP reader's
 
 
 def _physical_memory() -> Optional[int]:
@@ -74,7 +73,7 @@ def load_settings(config: S3ClientConfig, max_inflight_bytes: int, max_concurren
         max_concurrency = min(config.max_concurrency or 8, 4 * (os.cpu_count() or 1), 16)
     elif isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
         raise ValueError(f"max_concurrency must be a positive int, not {max_concurrency!r}")
-    part_size = max(MiB, min(max(config.part_size, _MIN_PART_SIZE), max_inflight_bytes // 4))
+    part_size = max(_MIB, min(max(config.part_size, _MIN_PART_SIZE), max_inflight_bytes // 4))
     return LoadSettings(
         max_gap_size=MAX_GAP_SIZE,
         max_inflight_bytes=max_inflight_bytes,
