@@ -8,7 +8,7 @@ file is an item whose byte range the header gives:
   ``torch.empty`` of its dtype and shape (a safetensors tensor is exactly its
   raw bytes): no buffer, no copy;
 - smaller tensors of one file are coalesced into segments of a bounded ring
-  of buffers (gaps up to :data:`MAX_GAP_SIZE`), fetched with parallel ranged
+  of buffers (gaps up to ``MAX_GAP_SIZE``, 256 KiB), fetched with parallel ranged
   GETs, and copied into their tensors by the core's ``copy_into``.
 
 Every tensor handed out owns its memory: none is a view of a buffer that is
