@@ -308,12 +308,13 @@ def test_objects_are_fetched_ahead_so_latency_overlaps(s3_server, bucket, source
     with FaultProxy(s3_server.endpoint_url) as proxy:
         proxy.set_latency(latency)
         config = _config(proxy.endpoint_url)
+        options = dict(region=s3_server.region, s3client_config=config, transform=read_all)
         if source == "prefix":
-            dataset = S3IterableDataset.from_prefix(f"s3://{bucket}/lat/", region=s3_server.region, s3client_config=config,
-                                                    transform=read_all)
+            dataset = S3IterableDataset.from_prefix(f"s3://{bucket}/lat/", **options)
+            mapped = S3MapDataset.from_prefix(f"s3://{bucket}/lat/", **options)
         else:
-            dataset = S3IterableDataset.from_objects([f"s3://{bucket}/{k}" for k in keys], region=s3_server.region,
-                                                     s3client_config=config, transform=read_all)
+            dataset = S3IterableDataset.from_objects([f"s3://{bucket}/{k}" for k in keys], **options)
+            mapped = S3MapDataset.from_objects([f"s3://{bucket}/{k}" for k in keys], **options)
         # One object after the other would take count * latency (3.2 s) an epoch; several in flight overlap.
         # The first epoch also finds out how many requests the store takes at once (slow start from two).
         for epoch, bound in enumerate((count * latency / 2, count * latency / 4)):
@@ -323,6 +324,10 @@ def test_objects_are_fetched_ahead_so_latency_overlaps(s3_server, bucket, source
             assert got == [(k, objects[k]) for k in keys]
             assert elapsed < bound, (epoch, elapsed)
         assert proxy.peak_in_flight >= 8 and proxy.count("GetObject") == 2 * count
+        len(mapped)  # listed (or not) before the clock starts
+        started = time.monotonic()
+        assert mapped.__getitems__(list(reversed(range(count)))) == [(k, objects[k]) for k in reversed(keys)]
+        assert time.monotonic() - started < count * latency / 4  # a batch's objects are fetched concurrently
 
 
 @pytest.mark.parametrize("source", ["prefix", "objects"])
@@ -363,8 +368,8 @@ def test_an_epoch_through_a_throttling_store_is_exact_with_few_rejections(s3_ser
         dataset = S3IterableDataset.from_prefix(f"s3://{bucket}/thr/", region=s3_server.region,
                                                 s3client_config=_config(proxy.endpoint_url), transform=read_all)
         assert list(dataset) == sorted(objects.items())
-        sent = proxy.requests_forwarded + proxy.requests_rejected
-        assert proxy.requests_rejected <= 0.1 * sent, (proxy.requests_rejected, sent)
+        # Slow start from two requests meets the limit once or twice; then the GETs stay under it.
+        assert proxy.requests_rejected <= 3, (proxy.requests_forwarded, proxy.requests_rejected)
 
 
 # -- DataLoader workers ---------------------------------------------------------------------------------
