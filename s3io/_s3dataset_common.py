@@ -88,7 +88,8 @@ def shard(objects: Iterable[Any], index: int, count: int) -> Iterator[Any]:
 class S3DatasetBase:
     """The state both datasets keep: where the objects are, the client, the transform and the knobs.
 
-    Pickles (for DataLoader workers under spawn) without a live connection:
+    ``from_objects`` and ``from_prefix`` are defined here, once (the
+    iterable dataset's add ``enable_sharding``).  Pickles (for DataLoader workers under spawn) without a live connection:
     the client is rebuilt in each process on first use.
     """
 

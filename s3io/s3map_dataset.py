@@ -19,7 +19,7 @@ class S3MapDataset(S3DatasetBase, torch.utils.data.Dataset):
     """A Map-Style dataset created from S3 objects.
 
     To create an instance of S3MapDataset, use the ``from_prefix`` or
-    ``from_objects`` methods (see :class:`~s3io._s3dataset_common.S3DatasetBase`).  The objects are listed on first access
+    ``from_objects`` methods.  The objects are listed on first access
     (``len``, an item), in listing order, and kept.  ``dataset[i]`` is
     ``transform(reader)`` for object ``i``, where ``reader`` is a file-like
     :class:`~s3io.S3Reader` with ``bucket`` and ``key``.
