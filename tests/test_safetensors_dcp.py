@@ -95,7 +95,7 @@ def _spy_fetches(monkeypatch):
     return fetches
 
 
-def test_save_and_load_round_trip(s3_server, bucket, tmp_path, monkeypatch):
+def test_save_and_load_round_trip(s3_server, bucket, monkeypatch):
     state = _state()
     path = f"s3://{bucket}/round"
     dcp.save(state, storage_writer=_writer(s3_server, path, MAPPING, thread_count=2))
@@ -288,7 +288,7 @@ def _rank_worker(rank, port, endpoint, region, path):
         dist.destroy_process_group()
 
 
-def test_two_ranks_load_their_dtensor_shards(rclone_server, tmp_path):
+def test_two_ranks_load_their_dtensor_shards(rclone_server):
     bucket = rclone_server.make_bucket()
     try:
         path = f"s3://{bucket}/sharded"
