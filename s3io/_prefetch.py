@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Dict, Iterator, List, Optional, Union
+from typing import Deque, Dict, Iterator, List, Optional
 
 from ._exceptions import S3IncompleteRead, S3ObjectChanged
 from ._memory import allocate
@@ -125,12 +125,15 @@ class ObjectFetch:
 
     @property
     def needs_budget(self) -> bool:
-        """True while a GET is ready to start but waits for room in the byte budget."""
-        with self._cond:
-            return self._next_get_length() > 0 and self._gated
+        """True while a GET is ready to start but waits for room in the byte budget.
+
+        Read without the lock: a GET thread may change the answer a moment
+        later, which the next :meth:`FetchAhead._fill` sees.
+        """
+        return self._gated and self._next_get_length() > 0
 
     def _next_get_length(self) -> int:
-        """Length of the next GET to start (0: none now); under the lock."""
+        """Length of the next GET to start (0: none now); exact under the lock, a hint without it."""
         if self._error is not None or self._cancelled:
             return 0
         if self._size is None:
@@ -144,6 +147,8 @@ class ObjectFetch:
         below that it waits.
         """
         spent = 0
+        if not self._next_get_length():  # nothing to start (the common case): no lock
+            return spent
         with self._cond:
             while True:
                 length = self._next_get_length()
@@ -271,13 +276,6 @@ class ObjectFetch:
         return f"ObjectFetch(s3://{self.bucket}/{self.key}, size={self._size}, arrived={self._prefix})"
 
 
-class _Failed:
-    """A failure of the object iterator, kept at its place in the window."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
 class FetchAhead:
     """Readers of the objects of ``objects``, in order, each fetched ahead of its turn.
 
@@ -293,49 +291,53 @@ class FetchAhead:
 
     Iterating yields :class:`~s3io.s3reader.prefetched.PrefetchedS3Reader`
     objects, handed out without waiting for their bytes.  An error of
-    ``objects`` is raised at its place, after the objects before it.
+    ``objects`` (a listing that failed) is raised at its place, after the
+    objects before it.
     """
 
     def __init__(self, client, objects: Iterator[S3BucketKeyData], *, max_objects: int, max_bytes: int) -> None:
         self._client = client
         self._objects: Optional[Iterator[S3BucketKeyData]] = iter(objects)
+        self._source_error: Optional[BaseException] = None  # raised once the objects before it are out
         self._max_objects = max_objects
         self._max_bytes = max_bytes
         transport = client.transport
         self._part_size = client.s3client_config.part_size
         self._limit = transport.limit
         self._pool = transport.executor()
-        self._window: Deque[Union[ObjectFetch, _Failed]] = collections.deque()
+        self._window: Deque[ObjectFetch] = collections.deque()
         self._largest = 0  # the largest size seen: the first GET of an object of unknown size asks twice that
 
     def __iter__(self) -> "FetchAhead":
         return self
 
     def __next__(self) -> PrefetchedS3Reader:
-        self._fill()
         if not self._window:
-            raise StopIteration
+            self._fill()
+            if not self._window:
+                error, self._source_error = self._source_error, None
+                if error is not None:
+                    raise error
+                raise StopIteration
         entry = self._window.popleft()
-        if isinstance(entry, _Failed):
-            raise entry.error
         entry.release()
         self._fill()  # its bytes no longer count: room for more
         return PrefetchedS3Reader(entry.bucket, entry.key, entry)
 
     def _fill(self) -> None:
         """Start what fits, in order: GETs of the objects in the window, then new objects."""
+        window = self._window
         budget = self._max_bytes
-        for entry in self._window:
-            if isinstance(entry, ObjectFetch):
-                budget -= entry.reserved
-                self._largest = max(self._largest, entry.size or 0)
-        for entry in self._window:
-            if isinstance(entry, _Failed):
-                return
+        largest = self._largest
+        for entry in window:
+            budget -= entry.reserved
+            largest = max(largest, entry.size or 0)
+        self._largest = largest
+        for entry in window:
             budget -= entry.start(budget)
             if entry.needs_budget:
                 return
-        while len(self._window) < self._max_objects and self._objects is not None:
+        while len(window) < self._max_objects and self._objects is not None:
             try:
                 obj = next(self._objects)
             except StopIteration:
@@ -343,14 +345,14 @@ class FetchAhead:
                 return
             except Exception as exc:  # e.g. a listing that failed: raised when its turn comes
                 self._objects = None
-                self._window.append(_Failed(exc))
+                self._source_error = exc
                 return
             info = obj.object_info
             handle = self._client.object_handle(obj.bucket, obj.key, object_info=info)
             first_get = max(2 * self._largest, _MIN_GET) if self._largest else None
             size = None if info is None else info.size
             entry = ObjectFetch(handle, size, self._part_size, self._limit, self._pool, first_get)
-            self._window.append(entry)
+            window.append(entry)
             budget -= entry.start(budget)
             if entry.needs_budget:
                 return
@@ -360,8 +362,7 @@ class FetchAhead:
         window, self._window = self._window, collections.deque()
         self._objects = None
         for entry in window:
-            if isinstance(entry, ObjectFetch):
-                entry.cancel()
+            entry.cancel()
 
     def __del__(self) -> None:
         try:
