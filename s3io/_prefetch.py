@@ -321,6 +321,7 @@ class FetchAhead:
                 raise StopIteration
         entry = self._window.popleft()
         entry.release()
+        self._largest = max(self._largest, entry.size or 0)
         self._fill()  # its bytes no longer count: room for more
         return PrefetchedS3Reader(entry.bucket, entry.key, entry)
 
