@@ -11,6 +11,7 @@ import logging
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
+from ._boto import preload_models
 from ._client import S3Client
 from ._config import S3ClientConfig
 from ._prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_OBJECTS, check_prefetch_knobs
@@ -109,6 +110,8 @@ class S3DatasetBase:
         if not callable(transform):
             raise TypeError(f"transform must be callable, not {type(transform).__name__}")
         check_prefetch_knobs(prefetch_objects, prefetch_bytes)
+        # Before a DataLoader forks its workers: each then builds its client in ~40 ms, not 150-400 ms.
+        preload_models()
         self._get_dataset_objects = get_dataset_objects
         self._transform = transform
         self._region = region

@@ -315,19 +315,16 @@ def test_objects_are_fetched_ahead_so_latency_overlaps(s3_server, bucket, source
         else:
             dataset = S3IterableDataset.from_objects([f"s3://{bucket}/{k}" for k in keys], **options)
             mapped = S3MapDataset.from_objects([f"s3://{bucket}/{k}" for k in keys], **options)
-        # One object after the other would take count * latency (3.2 s) an epoch; several in flight overlap.
+        # Overlap is shown by what the proxy saw in flight, not by a clock (the machine is shared and noisy):
+        # one object after the other would never have more than one GET in flight.
         # The first epoch also finds out how many requests the store takes at once (slow start from two).
-        for epoch, bound in enumerate((count * latency / 2, count * latency / 4)):
-            started = time.monotonic()
-            got = list(dataset)
-            elapsed = time.monotonic() - started
-            assert got == [(k, objects[k]) for k in keys]
-            assert elapsed < bound, (epoch, elapsed)
+        for _ in range(2):
+            assert list(dataset) == [(k, objects[k]) for k in keys]
         assert proxy.peak_in_flight >= 8 and proxy.count("GetObject") == 2 * count
-        len(mapped)  # listed (or not) before the clock starts
-        started = time.monotonic()
+        len(mapped)  # listed (or not) before the counts restart
+        proxy.reset_stats()
         assert mapped.__getitems__(list(reversed(range(count)))) == [(k, objects[k]) for k in reversed(keys)]
-        assert time.monotonic() - started < count * latency / 4  # a batch's objects are fetched concurrently
+        assert proxy.peak_in_flight >= 8 and proxy.count("GetObject") == count  # a batch's objects fetched together
 
 
 @pytest.mark.parametrize("source", ["prefix", "objects"])
