@@ -172,6 +172,7 @@ class _S3ServerBase:
         # Clients handed out by boto3_client(), closed on stop so that no
         # keep-alive connection (and, for moto, no request thread) outlives the server.
         self._clients: "weakref.WeakSet" = weakref.WeakSet()
+        self._shared_client = None  # boto3_client() without options
 
     @property
     def endpoint_url(self) -> str:
@@ -218,7 +219,9 @@ class _S3ServerBase:
         Path-style addressing; checksums computed and validated only when an
         operation requires them (rclone returns whole-object checksums on
         ranged GETs, which botocore >= 1.36 would otherwise reject). The
-        client is closed when the server stops.
+        client is closed when the server stops.  Without options, every call
+        returns the same client (boto3 clients are thread-safe; building one
+        costs about 0.2 s of CPU); with options, a new one.
 
         Parameters
         ----------
@@ -232,6 +235,8 @@ class _S3ServerBase:
         import boto3
         from botocore.config import Config
 
+        if not config_kwargs and self._shared_client is not None:
+            return self._shared_client
         options = dict(
             s3={"addressing_style": "path"},
             request_checksum_calculation="when_required",
@@ -250,6 +255,8 @@ class _S3ServerBase:
             config=Config(**options),
         )
         self._clients.add(client)
+        if not config_kwargs:
+            self._shared_client = client
         return client
 
     def _close_clients(self) -> None:
@@ -259,6 +266,7 @@ class _S3ServerBase:
             except Exception:
                 pass
         self._clients = weakref.WeakSet()
+        self._shared_client = None
 
     def make_bucket(self, name: Optional[str] = None) -> str:
         """Create a bucket (a fresh unique name unless ``name`` is given) and return its name.
