@@ -128,9 +128,14 @@ def _leftover_uploads(server, bucket):
         uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     except client.exceptions.ClientError:  # rclone answers NoSuchUpload when there are none
         return 0
+    left = 0
     for upload in uploads:
-        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    return len(uploads)
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            left += 1
+        except client.exceptions.NoSuchUpload:
+            pass  # completed by a request the proxy was still forwarding when the list was taken: not left over
+    return left
 
 
 def _data_files(server, bucket, prefix):
