@@ -12,6 +12,7 @@ import pytest
 
 from s3io.bench import _harness
 from s3io.bench._harness import BenchContext, Check, PeakRSS, Row, SuiteResult, interleave, main, register_suite
+from s3io.bench._memory import peak_rss_growth_in_child
 from s3io.testing.servers import port_is_open
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -245,6 +246,14 @@ def test_peak_rss_sees_a_transient_allocation():
         block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
         del block
     assert rss.growth_bytes >= 60 * 2**20
+
+
+def test_peak_rss_growth_in_child_counts_one_run_in_a_fresh_process():
+    # os.urandom writes every page of its result; 64 MiB of it in the child, nothing here.
+    growth = peak_rss_growth_in_child(os.urandom, 64 * 2**20, preload=("json",))
+    assert 60 * 2**20 <= growth < 200 * 2**20
+    with pytest.raises(RuntimeError, match="the RSS child failed: ValueError"):
+        peak_rss_growth_in_child(os.urandom, -1)
 
 
 def test_module_entry_point_lists_suites():

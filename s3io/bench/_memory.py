@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import gc
+import importlib
+import multiprocessing
 import re
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
-__all__ = ["PeakRSS"]
+__all__ = ["PeakRSS", "peak_rss_growth_in_child"]
 
 
 def _read_status_kib(field_name: str) -> Optional[int]:
@@ -62,3 +64,47 @@ class PeakRSS:
     def growth_bytes(self) -> int:
         """Peak minus RSS on entry."""
         return max(0, self.peak_bytes - self.start_bytes)
+
+
+def _measure_in_child(conn, preload: Sequence[str], fn: Callable, args: tuple) -> None:
+    try:
+        for name in preload:
+            importlib.import_module(name)
+        with PeakRSS() as rss:
+            fn(*args)
+        conn.send((rss.growth_bytes, None))
+    except BaseException as exc:  # reported to the parent, which raises
+        conn.send((None, "%s: %s" % (type(exc).__name__, exc)))
+    finally:
+        conn.close()
+
+
+def peak_rss_growth_in_child(fn: Callable, *args, preload: Sequence[str] = (), timeout: float = 600.0) -> int:
+    """Peak RSS growth, in bytes, of ``fn(*args)`` run once in a fresh interpreter (spawn).
+
+    In a process that has already run the workload, freed memory that the
+    allocator keeps (glibc raises its mmap threshold after large frees) hides
+    a second run's growth; a fresh process shows what one run needs.  The
+    modules in ``preload`` are imported before the baseline is taken, so
+    their import is not counted.  ``fn`` must be picklable (a module-level
+    function); what it returns is dropped in the child.  The child's
+    environment is this process's ``os.environ`` at the call.
+    """
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(target=_measure_in_child, args=(child, tuple(preload), fn, args), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            raise TimeoutError("the RSS child did not answer within %.0f s" % timeout)
+        growth, error = parent.recv()
+    except EOFError:
+        raise RuntimeError("the RSS child died (exit code %s)" % process.exitcode) from None
+    finally:
+        process.kill()
+        process.join()
+        parent.close()
+    if error is not None:
+        raise RuntimeError("the RSS child failed: " + error)
+    return growth

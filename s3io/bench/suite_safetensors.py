@@ -17,7 +17,8 @@ its memory:
 * ``safetensors.torch.load_file`` of a local copy of each shard (page cache
   warm), each tensor cloned (``load_file`` may map the file).
 
-Then the peak RSS growth of one more load by each (the previous results freed).
+Then the peak RSS growth of one more load by each, in a fresh process (spawn): in this one the
+allocator keeps memory the earlier loads freed, which would hide most of it.
 
 Targets (issue 11): s3io's throughput >= 3x Run:ai's; s3io's peak RSS during
 a load <= the tensors' size + ``max_inflight_bytes``; the time against the
@@ -35,7 +36,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Sequence, Tuple
 
-from s3io.bench._harness import Check, PeakRSS, Row, SuiteResult, interleave
+from s3io.bench._harness import Check, Row, SuiteResult, interleave
+from s3io.bench._memory import peak_rss_growth_in_child
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -215,17 +217,20 @@ def run(ctx) -> SuiteResult:
         % (len(sizes), len(specs), nbytes / MiB, sizes[0], sizes[-1] / MiB, statistics.median(sizes) / KiB)
     )
 
+    # impl: (loader, its arguments, modules imported before a fresh process's RSS baseline)
     loaders = {
-        S3IO: lambda: load_s3io(directory, server.endpoint_url),
-        RUNAI: lambda: load_runai(uris),
-        LOCAL: lambda: load_local(paths),
+        S3IO: (load_s3io, (directory, server.endpoint_url), ("s3io.safetensors", "boto3")),
+        RUNAI: (load_runai, (uris,), ("runai_model_streamer",)),
+        LOCAL: (load_local, (paths,), ("safetensors.torch",)),
     }
     latest: Dict[str, Dict] = {}
 
     def timed(impl: str):
+        fn, args, _ = loaders[impl]
+
         def one_run() -> None:
             latest.pop(impl, None)  # the previous result is freed before the next load
-            latest[impl] = loaders[impl]()
+            latest[impl] = fn(*args)
 
         return one_run
 
@@ -234,12 +239,10 @@ def run(ctx) -> SuiteResult:
         for impl in loaders:
             check_same(expected, latest.pop(impl), impl)
         growth = {}
-        for impl in loaders:
-            with PeakRSS() as rss:
-                loaded = loaders[impl]()
-            del loaded
-            growth[impl] = rss.growth_bytes
-            result.rows.append(Row("peak RSS growth, load", impl, round(rss.growth_bytes / MiB), "MiB"))
+        for impl, (fn, args, preload) in loaders.items():
+            ctx.progress("%s: peak RSS of one load in a fresh process" % impl)
+            growth[impl] = peak_rss_growth_in_child(fn, *args, preload=("torch",) + preload)
+            result.rows.append(Row("peak RSS growth, load", impl, round(growth[impl] / MiB), "MiB"))
 
     medians = {impl: statistics.median(runs) for impl, runs in times.items()}
     for impl, runs in times.items():
