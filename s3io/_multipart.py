@@ -46,16 +46,16 @@ class MultipartUpload:
     def start(cls, transport: Transport, bucket: str, key: str, *, storage_class: Optional[str] = None) -> "MultipartUpload":
         """CreateMultipartUpload.
 
-        When an attempt of the call got no answer (a reset, a timeout), it may
-        have created an upload all the same: nobody would ever complete or
-        abort it.  Those uploads of ``key``, started since this call, are
-        aborted here.
+        When an attempt of the call failed without a clear refusal (no answer,
+        a 5xx, a 200 whose body was cut off), it may have created an upload
+        all the same: nobody would ever complete or abort it.  Those uploads
+        of ``key``, started since this call, are aborted here.
         """
         started = time.time()
         extra = {"StorageClass": storage_class} if storage_class else {}
         response = transport.call("create_multipart_upload", bucket, key, Bucket=bucket, Key=key, **extra)
         upload = cls(transport, bucket, key, response["UploadId"])
-        if (response.get("ResponseMetadata") or {}).get("UnansweredAttempts"):
+        if (response.get("ResponseMetadata") or {}).get("UncertainAttempts"):
             upload._abort_lost_uploads(since=started - _CLOCK_SKEW)
         return upload
 

@@ -113,6 +113,23 @@ class _ProcessState:
         self.executor: Optional[ThreadPoolExecutor] = None
 
 
+
+def _may_have_taken_effect(exc: BaseException) -> bool:
+    """Whether a failed attempt may have been carried out by the store all the same.
+
+    True without an answer (a reset, a timeout) and for a 5xx, which includes
+    a ``200`` whose body was cut off: botocore reports that as a 500 with no
+    S3 error code, although the store did act on the request.  False for a
+    4xx: the store refused it.
+    """
+    if isinstance(exc, botocore.exceptions.ClientError):
+        status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    elif isinstance(exc, S3Exception):
+        status = exc.status
+    else:
+        return True
+    return status is None or status >= 500
+
 class Transport:
     """Sends the requests of one client, from any thread.
 
@@ -229,12 +246,12 @@ class Transport:
     def _retrying(self, operation: str, bucket: Optional[str], key: Optional[str], attempt: Callable[[], Any]):
         """Run ``attempt()`` under the retry policy; report throttles and successes to the limit.
 
-        Returns ``(result, unanswered)``: how many failed attempts got no answer
-        from the store (the request may have taken effect anyway).
+        Returns ``(result, uncertain)``: how many failed attempts the store
+        may have carried out anyway (see :func:`_may_have_taken_effect`).
         """
         policy = self.retry
         limit = self.limit
-        unanswered = 0
+        uncertain = 0
         for number in itertools.count(1):
             started = time.monotonic()
             level = limit.in_flight
@@ -244,8 +261,8 @@ class Transport:
                 throttled = is_throttle(exc)
                 if throttled:
                     limit.observe(True, started, level)
-                if not isinstance(exc, (S3Exception, botocore.exceptions.ClientError)):
-                    unanswered += 1
+                if _may_have_taken_effect(exc):
+                    uncertain += 1
                 if policy.may_retry(number, exc, limit.back_off if throttled else time.sleep):
                     log.debug("%s s3://%s/%s: attempt %d failed (%s); retrying", operation, bucket, key, number, exc)
                     continue
@@ -253,7 +270,7 @@ class Transport:
                     raise
                 raise translate(exc, operation_name(operation), bucket, key) from exc
             limit.observe(False, started, level)
-            return result, unanswered
+            return result, uncertain
 
     # -- boto3 operations ---------------------------------------------------------------
 
@@ -261,8 +278,8 @@ class Transport:
         """Call the boto3 method ``operation`` (snake_case), retried; its errors as S3Exception.
 
         ``RequestPayer`` is added for requester-pays clients where the
-        operation takes it.  ``ResponseMetadata.UnansweredAttempts`` counts the
-        failed attempts the store never answered (which may have taken effect).
+        operation takes it.  ``ResponseMetadata.UncertainAttempts`` counts the
+        failed attempts the store may have carried out all the same.
         """
         if self._payer and operation != "head_bucket":
             kwargs.update(self._payer)
@@ -270,8 +287,8 @@ class Transport:
         def attempt():
             return getattr(self.boto3_client, operation)(**kwargs)
 
-        response, unanswered = self._retrying(operation, bucket, key, attempt)
-        response.setdefault("ResponseMetadata", {})["UnansweredAttempts"] = unanswered
+        response, uncertain = self._retrying(operation, bucket, key, attempt)
+        response.setdefault("ResponseMetadata", {})["UncertainAttempts"] = uncertain
         return response
 
     # -- the lean path ----------------------------------------------------------------------
