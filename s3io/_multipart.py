@@ -7,8 +7,11 @@ parts stored, and billed, until a lifecycle rule removes them.
 """
 from __future__ import annotations
 
+import binascii
+import hashlib
 import logging
 import random
+import re
 import time
 from typing import Dict, Optional
 
@@ -35,12 +38,14 @@ class MultipartUpload:
     Parts may be added from several threads at once.
     """
 
-    def __init__(self, transport: Transport, bucket: str, key: str, upload_id: str) -> None:
+    def __init__(self, transport: Transport, bucket: str, key: str, upload_id: str, started: float = 0.0) -> None:
         self._transport = transport
         self.bucket = bucket
         self.key = key
         self.upload_id = upload_id
+        self._started = started  # time.time() before CreateMultipartUpload
         self._etags: Dict[int, str] = {}
+        self._sizes: Dict[int, int] = {}
 
     @classmethod
     def start(cls, transport: Transport, bucket: str, key: str, *, storage_class: Optional[str] = None) -> "MultipartUpload":
@@ -54,7 +59,7 @@ class MultipartUpload:
         started = time.time()
         extra = {"StorageClass": storage_class} if storage_class else {}
         response = transport.call("create_multipart_upload", bucket, key, Bucket=bucket, Key=key, **extra)
-        upload = cls(transport, bucket, key, response["UploadId"])
+        upload = cls(transport, bucket, key, response["UploadId"], started)
         if (response.get("ResponseMetadata") or {}).get("UncertainAttempts"):
             upload._abort_lost_uploads(since=started - _CLOCK_SKEW)
         return upload
@@ -62,6 +67,7 @@ class MultipartUpload:
     def upload_part(self, number: int, body: bytes) -> None:
         """Upload part ``number`` (1-based) from memory."""
         self._etags[number] = self._transport.upload_part(self.bucket, self.key, self.upload_id, number, body)
+        self._sizes[number] = len(body)
 
     def copy_part(self, number: int, src_bucket: str, src_key: str, start: int, end: int, etag: str = "") -> None:
         """Part ``number`` is bytes ``[start, end)`` of ``s3://src_bucket/src_key`` (If-Match ``etag``)."""
@@ -78,19 +84,46 @@ class MultipartUpload:
             **({"CopySourceIfMatch": etag} if etag else {}),
         )
         self._etags[number] = response["CopyPartResult"]["ETag"]
+        self._sizes[number] = end - start
 
     def complete(self) -> None:
-        """CompleteMultipartUpload with every part added so far: the object appears."""
+        """CompleteMultipartUpload with every part added so far: the object appears.
+
+        A retried Complete whose earlier attempt went through unanswered is
+        told ``NoSuchUpload``: the object is then checked (size, and the
+        multipart ETag where the store sends one) and, if it is this upload's,
+        the upload counts as completed.
+        """
         parts = [{"ETag": self._etags[n], "PartNumber": n} for n in sorted(self._etags)]
-        self._transport.call(
-            "complete_multipart_upload",
-            self.bucket,
-            self.key,
-            Bucket=self.bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            MultipartUpload={"Parts": parts},
-        )
+        try:
+            self._transport.call(
+                "complete_multipart_upload",
+                self.bucket,
+                self.key,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except S3Exception as exc:
+            if exc.code != "NoSuchUpload" or not self._is_completed_object():
+                raise
+            log.info("s3://%s/%s: upload %s was completed by an attempt whose answer was lost",
+                     self.bucket, self.key, self.upload_id)
+
+    def _is_completed_object(self) -> bool:
+        """Whether the object at the key now is this upload, completed."""
+        try:
+            head = self._transport.head_object(self.bucket, self.key)
+        except S3Exception:
+            return False
+        if head.size != sum(self._sizes.values()):
+            return False
+        if _MULTIPART_ETAG.match(head.etag):  # S3's form: md5 of the parts' md5s, "-", part count
+            return head.etag.strip('"').lower() == _multipart_etag([self._etags[n] for n in sorted(self._etags)])
+        # A store without multipart ETags: the size, and written since this upload began (no allowance for
+        # clock skew here: a server clock behind ours fails the save, it never takes another object for ours).
+        return head.last_modified >= int(self._started)
 
     def abort(self, upload_id: Optional[str] = None) -> bool:
         """Abort this upload (or ``upload_id`` of the same key), retried with backoff.
@@ -135,6 +168,21 @@ class MultipartUpload:
                 and initiated.timestamp() >= since
             ):
                 self.abort(upload["UploadId"])
+
+
+_MULTIPART_ETAG = re.compile(r'^"?[0-9a-fA-F]{32}-\d+"?$')
+_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+
+
+def _multipart_etag(part_etags) -> Optional[str]:
+    """The ETag (unquoted) S3 gives an object completed from parts with these ETags (None unless they are MD5s)."""
+    digests = []
+    for etag in part_etags:
+        match = _MD5_ETAG.match(etag)
+        if match is None:
+            return None
+        digests.append(binascii.unhexlify(match.group(1)))
+    return "%s-%d" % (hashlib.md5(b"".join(digests)).hexdigest(), len(digests))
 
 
 def copy_in_parts(
