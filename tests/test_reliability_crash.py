@@ -252,10 +252,14 @@ def _trial(rig, rng, path, new_version, previous_version, k=None):
         gate.release.set()
     if proc.exitcode == 0:
         how += " (the save had finished)"
-    # Let the proxy finish forwarding whatever the child had in flight.
-    deadline = time.monotonic() + 10
-    while any(entry.duration is None for entry in proxy.log) and time.monotonic() < deadline:
+    # Let the proxy finish forwarding whatever the child had sent.  (The proxy once logged a
+    # request only after the gate let it go: the wait missed the held PUT of .metadata, which
+    # switched the path after this trial's load, and the next trial found a version this one
+    # had called lost.)
+    deadline = time.monotonic() + 30
+    while (proxy.in_flight or any(e.duration is None for e in proxy.log)) and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert not proxy.in_flight, f"{how}: the proxy still forwards the dead child's requests after 30 s"
     proxy.reset_stats()
     leftover = _leftover_uploads(server, bucket)
     versions = {new_version} if previous_version is None else {new_version, previous_version}

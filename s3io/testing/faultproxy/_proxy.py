@@ -180,6 +180,10 @@ class FaultProxy:
     def _plan(self, req: Request) -> RequestPlan:
         """Count and log a request and decide what happens to it (called by its connection)."""
         self._stats.count_request(req)
+        # Logged on arrival: a request a ``when`` predicate holds shows in the log as unfinished.
+        record = LogEntry(method=req.method, path=req.path, query=req.target.partition("?")[2], kind=req.kind,
+                          fault=None, headers=req.headers, started=time.monotonic())
+        self._stats.append(record)
         # Check and count in one step: concurrent arrivals cannot all slip under the limit.
         if not self._stats.take_slot(self._max_in_flight):
             injection: Optional[Injection] = _THROTTLE
@@ -193,10 +197,7 @@ class FaultProxy:
                 self._stats.give_back_slot()  # answered here: not in flight upstream
         if injection is not None:
             self._stats.count_fault(injection.name)
-        record = LogEntry(method=req.method, path=req.path, query=req.target.partition("?")[2], kind=req.kind,
-                          fault=injection.name if injection is not None else None, headers=req.headers,
-                          started=time.monotonic())
-        self._stats.append(record)
+            record.fault = injection.name
         return RequestPlan(injection, record, self._latency, forwarded)
 
     def _finished(self, plan: RequestPlan) -> None:
