@@ -178,7 +178,8 @@ class FaultRules:
         """The fault for this request, if any (armed faults first, in arming order).
 
         Predicates run outside the lock: they are user code and may do I/O or
-        call back into the proxy (``proxy.count(...)``).
+        call back into the proxy (``proxy.count(...)``); the request being
+        decided is already in the log and counts.
         """
         with self._lock:
             armed = [f for f in self._faults if not f.done]
