@@ -364,6 +364,33 @@ def test_log_keeps_the_latest_requests_and_counts_all(scripted):
         assert proxy.counts["GET"] == 5
 
 
+def test_a_request_held_by_a_predicate_is_logged_unfinished(scripted):
+    # A caller waiting for "nothing in flight" must see a request a predicate holds.
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(req):
+        entered.set()
+        release.wait(10)
+        return False
+
+    with FaultProxy(scripted) as proxy:
+        proxy.fail(500, times=None, when=hold)
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        answers = []
+        sender = threading.Thread(target=lambda: (conn.request("GET", "/zeros?4"), answers.append(conn.getresponse().read())))
+        sender.start()
+        try:
+            assert entered.wait(10)
+            (entry,) = proxy.log
+            assert entry.duration is None and proxy.in_flight == 1
+        finally:
+            release.set()
+            sender.join(10)
+            conn.close()
+        assert answers == [bytes(4)]
+        (entry,) = proxy.log
+        assert entry.duration is not None and entry.fault is None
+
 def test_final_answer_to_expect_100_continue_is_relayed(scripted):
     with FaultProxy(scripted) as proxy:
         sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
