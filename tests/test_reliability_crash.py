@@ -252,10 +252,8 @@ def _trial(rig, rng, path, new_version, previous_version, k=None):
         gate.release.set()
     if proc.exitcode == 0:
         how += " (the save had finished)"
-    # Let the proxy finish forwarding whatever the child had sent.  (The proxy once logged a
-    # request only after the gate let it go: the wait missed the held PUT of .metadata, which
-    # switched the path after this trial's load, and the next trial found a version this one
-    # had called lost.)
+    # Let the proxy finish forwarding whatever the child had sent, the held request included:
+    # a late PUT of .metadata would switch the path after this trial's load.
     deadline = time.monotonic() + 30
     while (proxy.in_flight or any(e.duration is None for e in proxy.log)) and time.monotonic() < deadline:
         time.sleep(0.01)

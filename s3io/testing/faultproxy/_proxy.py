@@ -182,7 +182,7 @@ class FaultProxy:
         self._stats.count_request(req)
         # Logged on arrival: a request a ``when`` predicate holds shows in the log as unfinished.
         record = LogEntry(method=req.method, path=req.path, query=req.target.partition("?")[2], kind=req.kind,
-                          fault=None, headers=req.headers, started=time.monotonic())
+                          headers=req.headers, started=time.monotonic())
         self._stats.append(record)
         # Check and count in one step: concurrent arrivals cannot all slip under the limit.
         if not self._stats.take_slot(self._max_in_flight):

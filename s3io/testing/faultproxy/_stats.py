@@ -26,8 +26,9 @@ class LogEntry:
         The status line sent to the client (None if the connection was closed
         or reset before a response head).
     fault : str or None
-        The injected fault's name (None if forwarded untouched); ``throttle``
-        for a request rejected by :meth:`~s3io.testing.faultproxy.FaultProxy.set_throttle`.
+        The injected fault's name (None if forwarded untouched, and while the
+        ``when`` predicates decide); ``throttle`` for a request rejected by
+        :meth:`~s3io.testing.faultproxy.FaultProxy.set_throttle`.
     request_bytes, response_bytes : int
         Body bytes forwarded each way.
     headers : dict
